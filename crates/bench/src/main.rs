@@ -1,0 +1,3 @@
+//! The carevault benchmark tool.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,3 @@
+//! The carevault command line.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,2 @@
+//! HTTPS server: TLS, routing, handlers and middleware.
+#![forbid(unsafe_code)]

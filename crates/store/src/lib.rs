@@ -1,0 +1,2 @@
+//! Storage interface, embedded SQLite store, indexing, search and transactions.
+#![forbid(unsafe_code)]
