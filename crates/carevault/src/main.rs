@@ -1,3 +1,77 @@
-//! The carevault command line.
+//! The carevault command line: parses commands, wires the parts, nothing else.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod client_cmd;
+mod import;
+mod parts;
+mod serve_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// carevault — a FHIR R4 clinical data server that is secure by default.
+#[derive(Parser)]
+#[command(name = "carevault", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr: `text` for people, `json` for machines.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the HTTPS server (initialises the data directory on first start).
+    Serve(serve_cmd::ServeArgs),
+    /// Load FHIR Bundle JSON and NDJSON files or folders through validation and transactions.
+    Import(import::ImportArgs),
+    /// Register and manage OAuth clients (apps and interfaces).
+    #[command(subcommand)]
+    Client(client_cmd::ClientCommand),
+}
+
+/// `--data DIR`, shared by every command.
+#[derive(clap::Args, Clone)]
+pub struct DataArg {
+    /// The data directory.
+    #[arg(long = "data", value_name = "DIR", default_value = "./carevault-data")]
+    pub data: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(args, cli.log_format.as_deref()),
+        Command::Import(args) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            import::run(args)
+        }
+        Command::Client(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            client_cmd::run(cmd)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One sentence: the outermost context, then its causes, on one line.
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("carevault: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` narrows or widens them.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -4,7 +4,20 @@
 //! sealed with AES-256-GCM under a data key whose id travels with the ciphertext, and index values
 //! derived from PHI become keyed HMAC tags ("blind indexes") that can be compared for equality but
 //! never read back.
+//!
+//! The key hierarchy behind it (master key → wrapped data keys in `DIR/keys/data-keys.json`) lives
+//! in [`keyfile`] and [`master`]; [`open_or_init`] is the one call a server or CLI makes at start.
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod keyfile;
+pub mod master;
+pub mod random;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use keyfile::{KeyError, KeyPurpose, OpenedKeys, open_or_init, open_or_init_with};
+pub use master::{KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription};
+pub use random::{Random, SystemRng};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
@@ -16,7 +29,12 @@ use zeroize::Zeroizing;
 pub enum CryptoError {
     /// The ciphertext is too short, names an unknown key, or failed authentication.
     #[error("integrity check failed for record {record}: {reason}")]
-    Integrity { record: String, reason: &'static str },
+    Integrity {
+        /// The record identity the value was opened for.
+        record: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// The system random source failed.
     #[error("the system random number generator failed")]
     Random,
@@ -39,31 +57,84 @@ const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 struct DataKey {
     id: u32,
     aead: LessSafeKey,
-    blind: hmac::Key,
+}
+
+/// The blind-index key with its id; it outlives data-key rotations so indexes stay valid.
+struct BlindKey {
+    id: u32,
+    mac: hmac::Key,
 }
 
 /// The keys a running store uses: the current data key for sealing, older ones for opening,
-/// and the blind-index key.
+/// and the blind-index key (kept apart so that rotating the data key leaves every index valid).
 pub struct Keyring {
     current: DataKey,
     retired: Vec<DataKey>,
+    blind: BlindKey,
     rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current_key_id", &self.current.id)
+            .field("retired_key_ids", &self.retired.iter().map(|k| k.id).collect::<Vec<_>>())
+            .field("blind_key_id", &self.blind.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Keyring {
     /// Builds a keyring from raw 32-byte data key material (already unwrapped by the master key).
+    ///
+    /// The blind-index key is derived from the same material; [`Keyring::from_parts`] keeps them
+    /// apart, which is what [`open_or_init`] does.
     pub fn from_data_key(id: u32, material: &[u8]) -> Result<Self, CryptoError> {
         Ok(Self {
             current: DataKey::new(id, material)?,
             retired: Vec::new(),
+            blind: BlindKey::new(id, material)?,
             rng: SystemRandom::new(),
         })
     }
 
+    /// Builds a keyring from unwrapped key material: the current data key, the retired data keys
+    /// still needed to open older records, and the blind-index key, each as `(id, 32 bytes)`.
+    pub fn from_parts(
+        current: (u32, &[u8]),
+        retired: &[(u32, &[u8])],
+        blind: (u32, &[u8]),
+    ) -> Result<Self, CryptoError> {
+        Ok(Self {
+            current: DataKey::new(current.0, current.1)?,
+            retired: retired
+                .iter()
+                .map(|(id, m)| DataKey::new(*id, m))
+                .collect::<Result<_, _>>()?,
+            blind: BlindKey::new(blind.0, blind.1)?,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Id of the key blind-index tags are computed under.
+    pub fn blind_key_id(&self) -> u32 {
+        self.blind.id
+    }
+
+    /// Ids of the retired data keys this keyring can still open.
+    pub fn retired_key_ids(&self) -> Vec<u32> {
+        self.retired.iter().map(|k| k.id).collect()
+    }
+
     /// Generates fresh random key material of 32 bytes.
     pub fn generate_key_material() -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        Self::generate_key_material_with(&SystemRng::new())
+    }
+
+    /// Generates fresh random key material of 32 bytes from `rng`.
+    pub fn generate_key_material_with(rng: &dyn Random) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let mut k = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(&mut k[..]).map_err(|_| CryptoError::Random)?;
+        rng.fill(&mut k[..])?;
         Ok(k)
     }
 
@@ -111,9 +182,9 @@ impl Keyring {
         Ok(body)
     }
 
-    /// Blind index tag of `value` in `domain` (e.g. `Patient.family`), under the current key.
+    /// Blind index tag of `value` in `domain` (e.g. `Patient.family`), under the blind-index key.
     pub fn blind(&self, domain: &str, value: &[u8]) -> BlindTag {
-        let mut ctx = hmac::Context::with_key(&self.current.blind);
+        let mut ctx = hmac::Context::with_key(&self.blind.mac);
         ctx.update(&(domain.len() as u32).to_be_bytes());
         ctx.update(domain.as_bytes());
         ctx.update(value);
@@ -137,13 +208,28 @@ impl DataKey {
         if material.len() != 32 {
             return Err(CryptoError::InvalidKey("a data key must be 32 bytes"));
         }
-        // Separate sub-keys for AEAD and blind indexing, derived with HMAC so neither reveals the other.
-        let prk = hmac::Key::new(hmac::HMAC_SHA256, material);
-        let enc = Zeroizing::new(hmac::sign(&prk, b"carevault aead v1").as_ref().to_vec());
-        let mac = Zeroizing::new(hmac::sign(&prk, b"carevault blind v1").as_ref().to_vec());
-        let unbound = UnboundKey::new(&AES_256_GCM, &enc).map_err(|_| CryptoError::InvalidKey("bad AES key"))?;
-        Ok(Self { id, aead: LessSafeKey::new(unbound), blind: hmac::Key::new(hmac::HMAC_SHA256, &mac) })
+        // Sub-keys are derived with HMAC under distinct labels, so the AEAD key and the blind-index
+        // key never reveal each other even when they come from the same material.
+        let enc = derive(material, b"carevault aead v1");
+        let unbound = UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| CryptoError::InvalidKey("bad AES key"))?;
+        Ok(Self { id, aead: LessSafeKey::new(unbound) })
     }
+}
+
+impl BlindKey {
+    fn new(id: u32, material: &[u8]) -> Result<Self, CryptoError> {
+        if material.len() != 32 {
+            return Err(CryptoError::InvalidKey("a blind-index key must be 32 bytes"));
+        }
+        let mac = derive(material, b"carevault blind v1");
+        Ok(Self { id, mac: hmac::Key::new(hmac::HMAC_SHA256, &mac[..]) })
+    }
+}
+
+/// HMAC-SHA256(material, label): a labelled sub-key.
+fn derive(material: &[u8], label: &[u8]) -> Zeroizing<Vec<u8>> {
+    let prk = hmac::Key::new(hmac::HMAC_SHA256, material);
+    Zeroizing::new(hmac::sign(&prk, label).as_ref().to_vec())
 }
 
 fn aad_for(key_id: u32, record: &[u8]) -> Vec<u8> {
@@ -191,5 +277,26 @@ mod tests {
         assert_ne!(k.blind("a", b"x"), k.blind("b", b"x"));
         let other = Keyring::from_data_key(8, &[1u8; 32]).unwrap();
         assert_ne!(k.blind("a", b"x"), other.blind("a", b"x"));
+    }
+
+    #[test]
+    fn blind_tags_survive_data_key_rotation() {
+        let before = Keyring::from_parts((1, &[1u8; 32]), &[], (2, &[2u8; 32])).unwrap();
+        let after = Keyring::from_parts((3, &[3u8; 32]), &[(1, &[1u8; 32])], (2, &[2u8; 32])).unwrap();
+        assert_eq!(before.blind("Patient.family", b"smith"), after.blind("Patient.family", b"smith"));
+        let sealed = before.seal(b"Patient/1/_history/1", b"x").unwrap();
+        assert_eq!(after.open(b"Patient/1/_history/1", &sealed).unwrap(), b"x");
+        assert_eq!(after.current_key_id(), 3);
+        let newer = after.seal(b"r", b"y").unwrap();
+        assert!(before.open(b"r", &newer).is_err());
+    }
+
+    #[test]
+    fn from_data_key_matches_from_parts_with_same_material() {
+        let a = Keyring::from_data_key(7, &[42u8; 32]).unwrap();
+        let b = Keyring::from_parts((7, &[42u8; 32]), &[], (7, &[42u8; 32])).unwrap();
+        assert_eq!(a.blind("d", b"v"), b.blind("d", b"v"));
+        let s = a.seal(b"r", b"p").unwrap();
+        assert_eq!(b.open(b"r", &s).unwrap(), b"p");
     }
 }

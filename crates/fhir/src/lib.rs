@@ -6,14 +6,19 @@
 //! `arbitrary_precision`, so element order and the exact text of decimals survive a round trip.
 #![forbid(unsafe_code)]
 
+pub mod definitions;
+pub mod fhirpath;
 pub mod index;
+pub mod narrative;
 pub mod validate;
 
-pub use index::{IndexEntry, IndexValue};
-pub use validate::{Issue, IssueSeverity};
+pub use definitions::{Definitions, DefinitionsError, definitions, try_definitions};
+pub use index::{IndexEntry, IndexValue, extract_index, normalize_string, patient_compartment_refs};
+pub use validate::{Issue, IssueSeverity, validate};
 
 /// The kind of a search parameter, as in `SearchParameter.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
 pub enum SearchParamType {
     Number,
     Date,
@@ -31,6 +36,7 @@ pub enum SearchParamType {
 pub struct SearchParam {
     /// The code used in query strings (`family`, `_id`, `subject`).
     pub code: String,
+    /// The parameter's type.
     pub kind: SearchParamType,
     /// The FHIRPath expression, already narrowed to this resource type.
     pub expression: Option<String>,
@@ -38,4 +44,6 @@ pub struct SearchParam {
     pub targets: Vec<String>,
     /// For composites: the component parameter codes, in order.
     pub components: Vec<String>,
+    /// For composites: each component's FHIRPath expression, relative to `expression`.
+    pub component_expressions: Vec<String>,
 }

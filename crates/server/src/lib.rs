@@ -1,2 +1,180 @@
-//! HTTPS server: TLS, routing, handlers and middleware.
+//! carevault's HTTPS server: TLS, routing, extractors, handlers and middleware.
+//!
+//! Nothing here touches storage directly: FHIR handlers go through [`carevault_store::Rest`], and
+//! every `/fhir` route except `metadata` passes the bearer-token check in [`fhir::entry`] first.
 #![forbid(unsafe_code)]
+
+mod access;
+pub mod config;
+pub mod datadir;
+mod fhir;
+mod metadata;
+mod oauth;
+pub mod outcome;
+mod serve;
+pub mod tls;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use http::{HeaderValue, StatusCode, header};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serve::{ServeHandle, serve};
+
+/// Everything a handler needs, shared by all requests.
+pub struct App {
+    pub config: config::Config,
+    pub rest: carevault_store::Rest,
+    pub auth: carevault_auth::AuthService,
+    /// `https://host:port/fhir` as clients see it.
+    pub base_url: String,
+    /// Serialised CapabilityStatement, built once.
+    pub(crate) capability: bytes::Bytes,
+    /// False while shutting down, so `/readyz` tells load balancers to go elsewhere.
+    pub ready: AtomicBool,
+}
+
+impl App {
+    /// Wires the parts into the shared state.
+    pub fn new(config: config::Config, rest: carevault_store::Rest, auth: carevault_auth::AuthService) -> Arc<Self> {
+        let base_url = if config.server.base_url.is_empty() {
+            format!("https://{}/fhir", config.server.listen)
+        } else {
+            config.server.base_url.trim_end_matches('/').to_string()
+        };
+        let capability = metadata::capability_statement(&base_url);
+        Arc::new(Self { config, rest, auth, base_url, capability, ready: AtomicBool::new(true) })
+    }
+}
+
+/// The request id of the current request (echoed as `X-Request-Id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+/// The route template a handler served, for logs (never the concrete path: ids stay out of logs).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteTemplate(pub &'static str);
+
+/// Who called, once the bearer token is verified; logged by client id only.
+#[derive(Clone, Debug)]
+pub struct CallerId(pub Arc<str>);
+
+/// The peer's socket address.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// Builds the router with every route and middleware layer.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/fhir", any(fhir::entry))
+        .route("/fhir/", any(fhir::entry))
+        .route("/fhir/{*rest}", any(fhir::entry))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), envelope))
+        .with_state(app)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Relaxed) && app.rest.store().ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "no such route\n").into_response()
+}
+
+/// Request id, timeout, security headers and the access log line (no PHI: route template, status,
+/// latency, caller id).
+async fn envelope(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id: Arc<str> = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().simple().to_string()));
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().clone();
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let path_is_public_doc = matches!(req.uri().path(), "/fhir/metadata" | "/healthz" | "/readyz");
+    let timeout = Duration::from_secs(app.config.server.request_timeout_seconds);
+    let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => outcome::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "The request took longer than the server allows and was cancelled; retry later.",
+        )
+        .into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !path_is_public_doc {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    let route = resp
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.to_string())
+        .or(matched)
+        .unwrap_or_else(|| "(unmatched)".into());
+    let caller = resp.extensions().get::<CallerId>().map(|c| c.0.to_string()).unwrap_or_default();
+    tracing::info!(
+        request_id = &*request_id,
+        method = %method,
+        route,
+        status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        caller,
+        "request"
+    );
+    resp
+}
+
+fn valid_request_id(v: &str) -> bool {
+    (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A FHIR JSON response with the right content type.
+pub(crate) fn fhir_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_bounded_and_plain() {
+        assert!(valid_request_id("abc-DEF_1.2"));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id(&"a".repeat(65)));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id("a\nb"));
+    }
+}

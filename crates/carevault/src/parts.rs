@@ -1,0 +1,51 @@
+//! Opening a data directory's parts (keys, store, auth) for the server and the admin commands.
+
+use anyhow::{Context, bail};
+use std::path::Path;
+
+/// The opened parts of a data directory.
+pub struct Parts {
+    pub keys: carevault_crypto::OpenedKeys,
+    pub rest: carevault_store::Rest,
+}
+
+/// Opens keys and store of an existing (or just prepared) data directory.
+pub fn open(data: &Path) -> anyhow::Result<Parts> {
+    let keys = carevault_crypto::open_or_init(data)
+        .with_context(|| format!("cannot open the keys of {}", data.display()))?;
+    let store_dir = data.join("store");
+    if !store_dir.exists() {
+        std::fs::create_dir_all(&store_dir).with_context(|| format!("cannot create {}", store_dir.display()))?;
+        restrict(&store_dir)?;
+    }
+    let store = carevault_store::open_sqlite(&store_dir.join("carevault.db"), keys.keyring.clone())
+        .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
+    Ok(Parts { keys, rest: carevault_store::Rest::new(store) })
+}
+
+/// Admin commands never create a data directory: only `serve` does.
+pub fn open_existing(data: &Path) -> anyhow::Result<Parts> {
+    if !data.join("carevault.toml").exists() {
+        bail!(
+            "there is no carevault data directory at {}; start `carevault serve --data {}` once to create it, or pass --data",
+            data.display(),
+            data.display()
+        );
+    }
+    open(data)
+}
+
+fn restrict(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    Ok(())
+}
+
+/// Wraps the auth services over the store's sealed records.
+pub fn auth(parts: &Parts, issuer_url: &str, token_lifetime_seconds: u64) -> anyhow::Result<carevault_server::AuthService> {
+    carevault_server::AuthService::open(parts.rest.store().clone(), issuer_url, token_lifetime_seconds)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot open the authorization service")
+}
+

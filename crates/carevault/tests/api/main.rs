@@ -1,0 +1,12 @@
+//! End-to-end tests: the real binary, real TLS, a real HTTP client.
+
+mod harness;
+
+mod client_library;
+mod durability;
+mod lifecycle;
+mod rejections;
+mod rest;
+mod search;
+mod synthea;
+mod validator_cases;

@@ -1,0 +1,171 @@
+//! Who is calling and what their token's scopes allow (SMART v1/v2 scope grammar). The
+//! access-control issue replaces the scope-only decision with role ∩ scope ∩ relationship.
+
+use crate::App;
+use http::HeaderValue;
+use serde_json::Value;
+
+/// A FHIR interaction class, as the `c r u d s` letters of SMART v2 scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interaction {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Search,
+}
+
+impl Interaction {
+    /// The SMART v2 letter.
+    fn letter(self) -> char {
+        match self {
+            Self::Create => 'c',
+            Self::Read => 'r',
+            Self::Update => 'u',
+            Self::Delete => 'd',
+            Self::Search => 's',
+        }
+    }
+
+    /// A word for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::Search => "search",
+        }
+    }
+}
+
+/// One parsed scope: `system/Observation.rs` → (Some("Observation"), "rs").
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    rtype: Option<String>,
+    letters: String,
+}
+
+/// An authenticated caller and its grants.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    client_id: String,
+    grants: Vec<Grant>,
+}
+
+impl Caller {
+    /// Builds a caller from a client id and a space-separated scope string.
+    pub fn new(client_id: String, scope: &str) -> Self {
+        Self { client_id, grants: scope.split_whitespace().filter_map(parse_scope).collect() }
+    }
+
+    /// The OAuth client id (logged; never PHI).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// True when some grant allows `interaction` on `rtype`; `rtype == "*"` asks for every type.
+    pub fn allows(&self, rtype: &str, interaction: Interaction) -> bool {
+        self.grants.iter().any(|g| {
+            let type_ok = match &g.rtype {
+                None => true,
+                Some(t) => rtype != "*" && t == rtype,
+            };
+            type_ok && g.letters.contains(interaction.letter())
+        })
+    }
+}
+
+/// Parses `system/`, `user/` or `patient/` scopes in v2 (`.cruds` subsets) or v1 (`.read`,
+/// `.write`, `.*`) form. Scopes with query qualifiers (`?category=`) grant nothing here: honouring
+/// them needs the policy engine.
+fn parse_scope(s: &str) -> Option<Grant> {
+    let (context, rest) = s.split_once('/')?;
+    if !matches!(context, "system" | "user" | "patient") || rest.contains('?') {
+        return None;
+    }
+    let (t, perm) = rest.split_once('.')?;
+    let rtype = match t {
+        "*" => None,
+        t if carevault_fhir::definitions().is_resource_type(t) => Some(t.to_string()),
+        _ => return None,
+    };
+    let letters = match perm {
+        "read" => "rs".to_string(),
+        "write" => "cud".to_string(),
+        "*" => "cruds".to_string(),
+        p if !p.is_empty() && is_ordered_subset(p, "cruds") => p.to_string(),
+        _ => return None,
+    };
+    Some(Grant { rtype, letters })
+}
+
+/// SMART v2 requires the letters in `cruds` order without repeats.
+fn is_ordered_subset(p: &str, of: &str) -> bool {
+    let mut it = of.chars();
+    p.chars().all(|c| it.by_ref().any(|o| o == c))
+}
+
+/// Verifies the bearer token and builds the caller.
+pub fn authenticate(app: &App, header: Option<&HeaderValue>) -> Result<Caller, carevault_auth::AuthError> {
+    let claims = app.auth.verify_bearer(header)?;
+    Ok(Caller::new(claims.client_id, &claims.scope))
+}
+
+/// The resource types and interactions a batch/transaction Bundle asks for, to check scopes
+/// before anything runs.
+pub fn bundle_interactions(bundle: &Value) -> Vec<(String, Interaction)> {
+    let mut out = Vec::new();
+    for entry in bundle.get("entry").and_then(Value::as_array).into_iter().flatten() {
+        let request = entry.get("request");
+        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).unwrap_or("");
+        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
+        let from_url = url.split(['/', '?']).next().unwrap_or("").to_string();
+        let rtype = entry
+            .get("resource")
+            .and_then(|r| r.get("resourceType"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or(from_url.clone());
+        let interaction = match method {
+            "GET" | "HEAD" if url.contains('?') || !url.contains('/') => Interaction::Search,
+            "GET" | "HEAD" => Interaction::Read,
+            "POST" => Interaction::Create,
+            "PUT" | "PATCH" => Interaction::Update,
+            "DELETE" => Interaction::Delete,
+            _ => continue,
+        };
+        // Every resource type named must be allowed; `from_url` covers a PUT whose body disagrees.
+        out.push((rtype.clone(), interaction));
+        if !from_url.is_empty() && from_url != rtype {
+            out.push((from_url, interaction));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_and_v1_scopes() {
+        let c = Caller::new("x".into(), "system/Patient.rs system/Observation.write");
+        assert!(c.allows("Patient", Interaction::Read));
+        assert!(c.allows("Patient", Interaction::Search));
+        assert!(!c.allows("Patient", Interaction::Create));
+        assert!(c.allows("Observation", Interaction::Create));
+        assert!(!c.allows("Observation", Interaction::Read));
+        assert!(!c.allows("*", Interaction::Read));
+        let all = Caller::new("x".into(), "system/*.*");
+        assert!(all.allows("*", Interaction::Delete));
+    }
+
+    #[test]
+    fn junk_scopes_grant_nothing() {
+        for s in ["system/Nope.read", "system/*.rc", "system/*.rr", "admin/*.*", "system/*", "system/Patient.rs?x=1"] {
+            let c = Caller::new("x".into(), s);
+            assert!(!c.allows("Patient", Interaction::Read), "{s}");
+        }
+    }
+}

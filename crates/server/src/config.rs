@@ -1,0 +1,268 @@
+//! Settings: the config file, `CAREVAULT_<SECTION>_<KEY>` environment overrides, and defaults.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Every setting of a running server. Flags override the environment, which overrides the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub search: SearchSettings,
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Public base URL of the FHIR API; empty means `https://<listen>/fhir`.
+    pub base_url: String,
+    pub max_body_bytes: usize,
+    pub request_timeout_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+    pub node_name: String,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain; relative paths are inside the data directory.
+    pub cert: PathBuf,
+    /// PEM private key; relative paths are inside the data directory.
+    pub key: PathBuf,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub token_lifetime_seconds: u64,
+}
+
+/// `[search]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSettings {
+    pub default_count: usize,
+    pub max_count: usize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            search: SearchSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            base_url: String::new(),
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout_seconds: 60,
+            shutdown_grace_seconds: 30,
+            node_name: "cv-node-1".into(),
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self { cert: "tls/cert.pem".into(), key: "tls/key.pem".into() }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { token_lifetime_seconds: 600 }
+    }
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self { default_count: 20, max_count: 1000 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: "text".into() }
+    }
+}
+
+/// The config file written at first start: every setting, commented, at its default.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is shown at its default, commented out.
+# Environment variables CAREVAULT_<SECTION>_<KEY> override this file; command-line flags override both.
+
+[server]
+# Address to listen on (HTTPS only; there is no plaintext listener).
+# listen = "127.0.0.1:8443"
+# Public base URL of the FHIR API as clients see it; empty means https://<listen>/fhir.
+# base_url = ""
+# Largest request body accepted, in bytes; larger bodies get 413.
+# max_body_bytes = 16777216
+# A request that takes longer than this is cancelled with 503.
+# request_timeout_seconds = 60
+# On SIGTERM/SIGINT, in-flight requests get this long to finish.
+# shutdown_grace_seconds = 30
+# Name of this node in audit entries.
+# node_name = "cv-node-1"
+
+[tls]
+# Certificate chain and private key (PEM); relative paths are inside the data directory.
+# cert = "tls/cert.pem"
+# key = "tls/key.pem"
+
+[auth]
+# Lifetime of access tokens in seconds (at most 900).
+# token_lifetime_seconds = 600
+
+[search]
+# Page size when _count is absent, and the largest _count accepted.
+# default_count = 20
+# max_count = 1000
+
+[log]
+# "text" for people, "json" for machines.
+# format = "text"
+"#;
+
+/// Environment variables under the `CAREVAULT_` prefix that are not settings.
+const RESERVED_ENV: &[&str] = &["MASTER_KEY_FILE", "PASSPHRASE"];
+
+/// A setting that could not be read; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid setting in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads `path` (absent is fine: defaults), then applies `CAREVAULT_*` variables from `env`.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match std::fs::read_to_string(path) {
+            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.message().to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("CAREVAULT_") else { continue };
+            if RESERVED_ENV.contains(&rest) {
+                continue;
+            }
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(invalid_env(&name, "expected CAREVAULT_<SECTION>_<KEY>"));
+            };
+            let section = section.to_ascii_lowercase();
+            if !["server", "tls", "auth", "search", "log"].contains(&section.as_str()) {
+                return Err(invalid_env(&name, &format!("there is no settings section [{section}]")));
+            }
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let entry = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(key.to_ascii_lowercase(), parsed);
+            }
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: format!("{} or CAREVAULT_* environment variables", path.display()),
+                message: e.message().to_string(),
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |message: &str| Err(ConfigError::Invalid { origin: "settings".into(), message: message.into() });
+        if self.auth.token_lifetime_seconds == 0 || self.auth.token_lifetime_seconds > 900 {
+            return bad("auth.token_lifetime_seconds must be between 1 and 900");
+        }
+        if self.search.default_count == 0 || self.search.default_count > self.search.max_count {
+            return bad("search.default_count must be between 1 and search.max_count");
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return bad("log.format must be \"text\" or \"json\"");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+fn invalid_env(name: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid { origin: format!("environment variable {name}"), message: message.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_parses_to_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, DEFAULT_CONFIG_TOML).unwrap();
+        let c = Config::load(&p, Vec::new()).unwrap();
+        assert_eq!(c.server.listen.port(), 8443);
+        assert_eq!(c.auth.token_lifetime_seconds, 600);
+    }
+
+    #[test]
+    fn unknown_setting_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlisten_on = \"x\"\n").unwrap();
+        let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[search]\ndefault_count = 5\n").unwrap();
+        let env = vec![("CAREVAULT_SEARCH_DEFAULT_COUNT".to_string(), "7".to_string())];
+        assert_eq!(Config::load(&p, env).unwrap().search.default_count, 7);
+        let env = vec![("CAREVAULT_NOPE_X".to_string(), "7".to_string())];
+        assert!(Config::load(&p, env).unwrap_err().to_string().contains("CAREVAULT_NOPE_X"));
+    }
+
+    #[test]
+    fn token_lifetime_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[auth]\ntoken_lifetime_seconds = 3600\n").unwrap();
+        assert!(Config::load(&p, Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,630 @@
+//! The `/fhir` surface: one entry point that parses the path, authenticates the caller, checks
+//! content negotiation and dispatches to the FHIR interaction, answering errors as OperationOutcomes.
+
+use crate::outcome::{ApiError, OutcomeIssue, outcome_json};
+use crate::{App, CallerId, RequestId, RouteTemplate, fhir_response};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use crate::access::{Caller, Interaction, bundle_interactions};
+use carevault_store::{HistoryRequest, RestError, SearchRequest, Stored, Written};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// What `Prefer: return=` asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReturnPref {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// The parsed parts of a FHIR request that every interaction needs.
+struct Call {
+    app: Arc<App>,
+    request_id: Arc<str>,
+    caller: Caller,
+    params: Vec<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+    return_pref: ReturnPref,
+    strict: bool,
+}
+
+/// Entry point of every `/fhir` request.
+pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(|| Arc::from("-"));
+    let (parts, body) = req.into_parts();
+    let segments: Vec<String> = parts
+        .uri
+        .path()
+        .trim_start_matches("/fhir")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let mut params: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+
+    if let Err(e) = negotiate(&parts.headers, &mut params) {
+        return e.into_response();
+    }
+    if parts.method == Method::GET && segs == ["metadata"] {
+        let mut r = fhir_response(StatusCode::OK, app.capability.clone());
+        r.extensions_mut().insert(RouteTemplate("/fhir/metadata"));
+        return r;
+    }
+    let caller = match crate::access::authenticate(&app, parts.headers.get(header::AUTHORIZATION)) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = ApiError::unauthorized(&e.to_string()).into_response();
+            r.extensions_mut().insert(RouteTemplate("/fhir/*"));
+            return r;
+        }
+    };
+    let caller_id: Arc<str> = Arc::from(caller.client_id());
+    let (return_pref, strict) = prefer(&parts.headers);
+    let call = Call {
+        app,
+        request_id: request_id.clone(),
+        caller,
+        params,
+        headers: parts.headers,
+        body,
+        return_pref,
+        strict,
+    };
+    let (template, result) = dispatch(call, &parts.method, &segs).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.extensions_mut().insert(RouteTemplate(template));
+    resp.extensions_mut().insert(CallerId(caller_id));
+    resp
+}
+
+type Answer = Result<Response, ApiError>;
+
+async fn dispatch(call: Call, method: &Method, segs: &[&str]) -> (&'static str, Answer) {
+    match (method, segs) {
+        (&Method::POST, []) => ("/fhir", bundle(call).await),
+        (&Method::GET, ["_history"]) => ("/fhir/_history", history(call, None, None).await),
+        (_, []) => ("/fhir", Err(not_supported("Only POST of a batch or transaction Bundle is supported at the base URL."))),
+        (_, [t, ..]) if !carevault_fhir::definitions().is_resource_type(t) => (
+            "/fhir/{type}",
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", format!("{t} is not an R4 resource type."))),
+        ),
+        (&Method::GET, [t]) => ("/fhir/{type}", search(call, t, None).await),
+        (&Method::POST, [t]) => ("/fhir/{type}", create(call, t).await),
+        (&Method::PUT, [t]) => ("/fhir/{type}?", conditional_update(call, t).await),
+        (&Method::DELETE, [t]) => ("/fhir/{type}?", conditional_delete(call, t).await),
+        (&Method::POST, [t, "_search"]) => ("/fhir/{type}/_search", search_post(call, t).await),
+        (&Method::GET, [t, "_history"]) => ("/fhir/{type}/_history", history(call, Some(t), None).await),
+        (&Method::POST, [t, "$validate"]) => ("/fhir/{type}/$validate", validate(call, t, None).await),
+        (&Method::POST, [t, id, "$validate"]) => ("/fhir/{type}/{id}/$validate", validate(call, t, Some(id)).await),
+        (_, [_, id, ..]) if !valid_id(id) => (
+            "/fhir/{type}/{id}",
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "A resource id is 1 to 64 of A-Z, a-z, 0-9, '-' and '.'.")),
+        ),
+        (&Method::GET, [t, id]) => ("/fhir/{type}/{id}", read(call, t, id).await),
+        (&Method::PUT, [t, id]) => ("/fhir/{type}/{id}", update(call, t, id).await),
+        (&Method::PATCH, [t, id]) => ("/fhir/{type}/{id}", patch(call, t, id).await),
+        (&Method::DELETE, [t, id]) => ("/fhir/{type}/{id}", delete(call, t, id).await),
+        (&Method::GET, [t, id, "_history"]) => ("/fhir/{type}/{id}/_history", history(call, Some(t), Some(id)).await),
+        (&Method::GET, [t, id, "_history", v]) => ("/fhir/{type}/{id}/_history/{vid}", vread(call, t, id, v).await),
+        (&Method::GET, ["Patient", id, c]) if carevault_fhir::definitions().is_resource_type(c) => {
+            ("/fhir/Patient/{id}/{type}", search(call, c, Some(id)).await)
+        }
+        _ => (
+            "/fhir/*",
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                format!("{method} is not supported on this path."),
+            )),
+        ),
+    }
+}
+
+// ---- interactions -------------------------------------------------------------------------
+
+async fn read(call: Call, t: &str, id: &str) -> Answer {
+    call.require(t, Interaction::Read)?;
+    let (t2, id2) = (t.to_string(), id.to_string());
+    let stored = call.blocking(move |app| app.rest.read(&t2, &id2)).await?;
+    Ok(resource_response(StatusCode::OK, &stored, None))
+}
+
+async fn vread(call: Call, t: &str, id: &str, v: &str) -> Answer {
+    call.require(t, Interaction::Read)?;
+    let (t2, id2, v2) = (t.to_string(), id.to_string(), v.to_string());
+    let stored = call.blocking(move |app| app.rest.vread(&t2, &id2, &v2)).await?;
+    Ok(resource_response(StatusCode::OK, &stored, None))
+}
+
+async fn create(mut call: Call, t: &str) -> Answer {
+    call.require(t, Interaction::Create)?;
+    let resource = call.resource_body(t).await?;
+    let if_none_exist = header_str(&call.headers, "if-none-exist")?.map(str::to_string);
+    let t2 = t.to_string();
+    let written = call.blocking(move |app| app.rest.create(&t2, resource, if_none_exist.as_deref())).await?;
+    Ok(call.written_response(written))
+}
+
+async fn update(mut call: Call, t: &str, id: &str) -> Answer {
+    call.require(t, Interaction::Update)?;
+    let resource = call.resource_body(t).await?;
+    let if_match = if_match(&call.headers)?;
+    let (t2, id2) = (t.to_string(), id.to_string());
+    let written = call.blocking(move |app| app.rest.update(&t2, &id2, resource, if_match)).await?;
+    Ok(call.written_response(written))
+}
+
+async fn conditional_update(mut call: Call, t: &str) -> Answer {
+    call.require(t, Interaction::Update)?;
+    let query = call.condition()?;
+    let resource = call.resource_body(t).await?;
+    let if_match = if_match(&call.headers)?;
+    let t2 = t.to_string();
+    let written = call.blocking(move |app| app.rest.conditional_update(&t2, &query, resource, if_match)).await?;
+    Ok(call.written_response(written))
+}
+
+async fn patch(mut call: Call, t: &str, id: &str) -> Answer {
+    call.require(t, Interaction::Update)?;
+    let ct = content_type(&call.headers);
+    if !ct.starts_with("application/json-patch+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "PATCH takes a JSON Patch document with Content-Type application/json-patch+json.",
+        ));
+    }
+    let doc = call.json_body().await?;
+    let if_match = if_match(&call.headers)?;
+    let (t2, id2) = (t.to_string(), id.to_string());
+    let written = call.blocking(move |app| app.rest.patch(&t2, &id2, doc, if_match)).await?;
+    Ok(call.written_response(written))
+}
+
+async fn delete(call: Call, t: &str, id: &str) -> Answer {
+    call.require(t, Interaction::Delete)?;
+    let (t2, id2) = (t.to_string(), id.to_string());
+    let version = call.blocking(move |app| app.rest.delete(&t2, &id2)).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(v) = version {
+        insert_etag(r.headers_mut(), v);
+    }
+    Ok(r)
+}
+
+async fn conditional_delete(call: Call, t: &str) -> Answer {
+    call.require(t, Interaction::Delete)?;
+    let query = call.condition()?;
+    let t2 = t.to_string();
+    call.blocking(move |app| app.rest.conditional_delete(&t2, &query)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
+    call.require(t, Interaction::Search)?;
+    if compartment.is_some() {
+        call.require("Patient", Interaction::Read)?;
+    }
+    let (t2, comp) = (t.to_string(), compartment.map(str::to_string));
+    let params = call.params.clone();
+    let strict = call.strict;
+    let bundle = call
+        .blocking(move |app| {
+            app.rest.search(&SearchRequest {
+                rtype: &t2,
+                compartment: comp.as_deref().map(|id| ("Patient", id)),
+                params: &params,
+                base_url: &app.base_url,
+                strict,
+            })
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn search_post(mut call: Call, t: &str) -> Answer {
+    let ct = content_type(&call.headers);
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "POST _search takes application/x-www-form-urlencoded parameters.",
+        ));
+    }
+    let raw = call.raw_body().await?;
+    call.params.extend(form_urlencoded::parse(&raw).into_owned());
+    search(call, t, None).await
+}
+
+async fn history(call: Call, t: Option<&str>, id: Option<&str>) -> Answer {
+    match t {
+        Some(t) => call.require(t, Interaction::Read)?,
+        None => call.require_all(Interaction::Read)?,
+    }
+    let (t2, id2) = (t.map(str::to_string), id.map(str::to_string));
+    let params = call.params.clone();
+    let bundle = call
+        .blocking(move |app| {
+            app.rest.history(&HistoryRequest {
+                rtype: t2.as_deref(),
+                id: id2.as_deref(),
+                params: &params,
+                base_url: &app.base_url,
+            })
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn bundle(mut call: Call) -> Answer {
+    let bundle = call.resource_body("Bundle").await?;
+    for (t, interaction) in bundle_interactions(&bundle) {
+        call.require(&t, interaction)?;
+    }
+    let response = call.blocking(move |app| app.rest.bundle(bundle, &app.base_url)).await?;
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+async fn validate(mut call: Call, t: &str, _id: Option<&str>) -> Answer {
+    call.require(t, Interaction::Read)?;
+    let body = call.json_body().await?;
+    // $validate takes the resource itself or a Parameters with a `resource` parameter.
+    let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && t != "Parameters" {
+        body.get("parameter")
+            .and_then(Value::as_array)
+            .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
+            .and_then(|p| p.get("resource"))
+            .cloned()
+            .ok_or_else(|| ApiError::at(StatusCode::BAD_REQUEST, "required", "The Parameters resource has no `resource` parameter.", "Parameters.parameter"))?
+    } else {
+        body
+    };
+    check_resource_type(&resource, t)?;
+    let issues = tokio::task::spawn_blocking(move || carevault_fhir::validate::validate(&resource))
+        .await
+        .map_err(|_| ApiError::internal(&call.request_id))?;
+    let mut issues: Vec<OutcomeIssue> = issues.into_iter().map(OutcomeIssue::from).collect();
+    if issues.is_empty() {
+        issues.push(OutcomeIssue {
+            severity: "information",
+            code: "informational",
+            diagnostics: "The resource is valid.".into(),
+            expression: None,
+        });
+    }
+    Ok(json_response(StatusCode::OK, &outcome_json(&issues)))
+}
+
+// ---- request parts ------------------------------------------------------------------------
+
+impl Call {
+    /// Checks the token's scopes allow `interaction` on `rtype` (the role and relationship checks
+    /// of the access-control issue will join this decision).
+    fn require(&self, rtype: &str, interaction: Interaction) -> Result<(), ApiError> {
+        if self.caller.allows(rtype, interaction) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("The access token's scopes do not allow {} on {rtype}.", interaction.name()),
+            ))
+        }
+    }
+
+    fn require_all(&self, interaction: Interaction) -> Result<(), ApiError> {
+        self.require("*", interaction)
+    }
+
+    /// Runs store work off the async threads and maps its error.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&App) -> Result<T, RestError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let app = self.app.clone();
+        let rid = self.request_id.clone();
+        match tokio::task::spawn_blocking(move || f(&app)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ApiError::from_rest(e, &rid)),
+            Err(e) => {
+                tracing::error!(request_id = &*rid, error = %e, "store task failed");
+                Err(ApiError::internal(&rid))
+            }
+        }
+    }
+
+    async fn raw_body(&mut self) -> Result<bytes::Bytes, ApiError> {
+        let limit = self.app.config.server.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                format!("The request body is larger than the server accepts ({limit} bytes)."),
+            )
+        };
+        if let Some(len) = self.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(too_large());
+        }
+        let body = std::mem::replace(&mut self.body, Body::empty());
+        match axum::body::to_bytes(body, limit).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let is_limit = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if is_limit {
+                    Err(too_large())
+                } else {
+                    Err(ApiError::new(StatusCode::BAD_REQUEST, "structure", "The request body could not be read."))
+                }
+            }
+        }
+    }
+
+    async fn json_body(&mut self) -> Result<Value, ApiError> {
+        let raw = self.raw_body().await?;
+        if raw.is_empty() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "required", "The request has no body."));
+        }
+        serde_json::from_slice::<Value>(&raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                format!("The body is not valid JSON: {e}."),
+            )
+        })
+    }
+
+    /// Reads a FHIR JSON resource body of type `rtype`.
+    async fn resource_body(&mut self, rtype: &str) -> Result<Value, ApiError> {
+        let ct = content_type(&self.headers);
+        if !(ct.is_empty() || ct.starts_with("application/fhir+json") || ct.starts_with("application/json")) {
+            let msg = if ct.contains("xml") {
+                "FHIR XML is not supported; send application/fhir+json."
+            } else {
+                "The body must be application/fhir+json."
+            };
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", msg));
+        }
+        let v = self.json_body().await?;
+        check_resource_type(&v, rtype)?;
+        Ok(v)
+    }
+
+    /// The search condition of a conditional update/delete: the query string.
+    fn condition(&self) -> Result<String, ApiError> {
+        if self.params.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "required",
+                "A conditional update or delete needs search parameters in the query string.",
+            ));
+        }
+        Ok(form_urlencoded::Serializer::new(String::new()).extend_pairs(self.params.iter()).finish())
+    }
+
+    fn written_response(&self, written: Written) -> Response {
+        let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+        let location = format!(
+            "{}/{}/{}/_history/{}",
+            self.app.base_url, written.stored.rtype, written.stored.id, written.stored.version
+        );
+        match self.return_pref {
+            ReturnPref::Representation => resource_response(status, &written.stored, Some(&location)),
+            ReturnPref::Minimal => {
+                let mut r = status.into_response();
+                resource_headers(r.headers_mut(), &written.stored, Some(&location));
+                r
+            }
+            ReturnPref::OperationOutcome => {
+                let oo = outcome_json(&[OutcomeIssue {
+                    severity: "information",
+                    code: "informational",
+                    diagnostics: format!(
+                        "{} {}/{} version {}.",
+                        if written.created { "Created" } else { "Updated" },
+                        written.stored.rtype,
+                        written.stored.id,
+                        written.stored.version
+                    ),
+                    expression: None,
+                }]);
+                let mut r = json_response(status, &oo);
+                resource_headers(r.headers_mut(), &written.stored, Some(&location));
+                r
+            }
+        }
+    }
+}
+
+fn check_resource_type(v: &Value, rtype: &str) -> Result<(), ApiError> {
+    match v.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == rtype => Ok(()),
+        Some(t) => Err(ApiError::at(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("The body is a {t} but the URL names {rtype}."),
+            "resourceType",
+        )),
+        None if v.is_object() => Err(ApiError::at(
+            StatusCode::BAD_REQUEST,
+            "required",
+            "The body has no resourceType.",
+            "resourceType",
+        )),
+        None => Err(ApiError::new(StatusCode::BAD_REQUEST, "structure", "The body must be a JSON object.")),
+    }
+}
+
+/// `_format` and `Accept`: JSON only; XML gets a clear 406.
+fn negotiate(headers: &HeaderMap, params: &mut Vec<(String, String)>) -> Result<(), ApiError> {
+    let json_like = |v: &str| {
+        let v = v.trim().to_ascii_lowercase();
+        v.is_empty()
+            || v.starts_with("json")
+            || v.starts_with("application/json")
+            || v.starts_with("application/fhir+json")
+            || v.starts_with("application/*")
+            || v.starts_with("*/*")
+    };
+    if let Some(pos) = params.iter().position(|(k, _)| k == "_format") {
+        let (_, f) = params.remove(pos);
+        if !json_like(&f) {
+            return Err(not_acceptable());
+        }
+    }
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && !accept.split(',').any(|a| json_like(a.split(';').next().unwrap_or("")))
+    {
+        return Err(not_acceptable());
+    }
+    Ok(())
+}
+
+fn not_acceptable() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "not-supported",
+        "Only FHIR JSON (application/fhir+json) is supported; FHIR XML is not.",
+    )
+}
+
+fn not_supported(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "not-supported", msg)
+}
+
+fn prefer(headers: &HeaderMap) -> (ReturnPref, bool) {
+    let mut ret = ReturnPref::Representation;
+    let mut strict = false;
+    for v in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
+        for token in v.split([',', ';']).map(str::trim) {
+            match token {
+                "return=minimal" => ret = ReturnPref::Minimal,
+                "return=representation" => ret = ReturnPref::Representation,
+                "return=OperationOutcome" => ret = ReturnPref::OperationOutcome,
+                "handling=strict" => strict = true,
+                "handling=lenient" => strict = false,
+                _ => {}
+            }
+        }
+    }
+    (ret, strict)
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("The {name} header is not text."))),
+    }
+}
+
+/// `If-Match: W/"3"` → 3.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = header_str(headers, "if-match")? else { return Ok(None) };
+    let inner = v.trim().trim_start_matches("W/").trim_matches('"');
+    inner.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match must be a version ETag such as W/\"3\".")
+    })
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    fhir_response(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn resource_response(status: StatusCode, stored: &Stored, location: Option<&str>) -> Response {
+    let mut r = fhir_response(status, stored.json.clone());
+    resource_headers(r.headers_mut(), stored, location);
+    r
+}
+
+fn resource_headers(h: &mut HeaderMap, stored: &Stored, location: Option<&str>) {
+    insert_etag(h, stored.version);
+    if let Some(v) = http_date(stored.last_updated_ms).and_then(|d| HeaderValue::from_str(&d).ok()) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if let Some(v) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        h.insert(header::LOCATION, v.clone());
+        h.insert(header::CONTENT_LOCATION, v);
+    }
+}
+
+fn insert_etag(h: &mut HeaderMap, version: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// RFC 9110 HTTP-date, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(ms: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&f).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        h.insert("if-match", HeaderValue::from_static("W/\"3\""));
+        assert_eq!(if_match(&h).unwrap(), Some(3));
+        h.insert("if-match", HeaderValue::from_static("\"12\""));
+        assert_eq!(if_match(&h).unwrap(), Some(12));
+        h.insert("if-match", HeaderValue::from_static("W/\"x\""));
+        assert!(if_match(&h).is_err());
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(http_date(784_111_777_000).unwrap(), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn xml_is_refused() {
+        let mut p = vec![("_format".to_string(), "xml".to_string())];
+        assert_eq!(negotiate(&HeaderMap::new(), &mut p).unwrap_err().status, StatusCode::NOT_ACCEPTABLE);
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml"));
+        assert!(negotiate(&h, &mut Vec::new()).is_err());
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"));
+        assert!(negotiate(&h, &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(valid_id("abc-1.2"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"x".repeat(65)));
+    }
+}

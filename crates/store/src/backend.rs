@@ -1,0 +1,219 @@
+//! The storage interface: what a backend (SQLite now, PostgreSQL later) must provide, in terms of
+//! sealed versions, index rows and backend-neutral search plans.
+//!
+//! Everything FHIR-specific (versioning rules, conditional interactions, bundles) lives above
+//! this interface in [`crate::rest`]; everything about SQL dialect and locking lives below it.
+
+use std::sync::Arc;
+
+use carevault_crypto::{BlindTag, Keyring};
+
+use crate::error::{RestError, StoreError};
+use crate::plan::Plan;
+
+/// A backend's handle for one logical resource (all its versions). Opaque above the backend;
+/// stable for the resource's life, and ascending in creation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResKey(pub i64);
+
+/// One stored version as the backend holds it: metadata in clear, body sealed.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    /// The resource's key.
+    pub key: ResKey,
+    /// Resource type.
+    pub rtype: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number, from 1.
+    pub version: u64,
+    /// When the version was written, in ms since the Unix epoch.
+    pub last_updated_ms: i64,
+    /// Whether this version is a deletion.
+    pub deleted: bool,
+    /// The interaction that wrote it (`POST`, `PUT`, `PATCH`, `DELETE`).
+    pub method: String,
+    /// Sealed JSON body (empty for deletions).
+    pub sealed: Vec<u8>,
+}
+
+/// Names a search parameter of one resource type; the backend maps it to its own small id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParamRef {
+    /// Resource type the parameter belongs to.
+    pub rtype: String,
+    /// The parameter's code (`family`, `subject`, `_tag`).
+    pub code: String,
+}
+
+impl ParamRef {
+    /// Builds a parameter reference.
+    pub fn new(rtype: &str, code: &str) -> Self {
+        ParamRef { rtype: rtype.to_owned(), code: code.to_owned() }
+    }
+}
+
+/// One row of the search index of a current version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexRow {
+    /// A blind tag (strings, tokens, uris).
+    Tag { param: ParamRef, tag: BlindTag },
+    /// A reference, in clear: target type and id, or an absolute URL (empty strings when absent).
+    Ref { param: ParamRef, ttype: String, tid: String, url: String },
+    /// A date range in ms, `lo` inclusive, `hi` exclusive.
+    // issue 5: dates are kept as plain numbers for range search; whether to coarsen or blind them is open.
+    Date { param: ParamRef, lo: i64, hi: i64 },
+    /// A number range `[lo, hi)` implied by the value's precision.
+    Number { param: ParamRef, lo: f64, hi: f64 },
+    /// A quantity range with a blind tag of its unit (`system|code`, `code`, or the "any unit" tag).
+    Quantity { param: ParamRef, tag: BlindTag, lo: f64, hi: f64 },
+}
+
+/// A version ready to be written: everything derived, body already sealed.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// Resource type.
+    pub rtype: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number; must be the current version + 1 (or 1 for a new resource).
+    pub version: u64,
+    /// Timestamp in ms since the epoch.
+    pub last_updated_ms: i64,
+    /// Whether this version deletes the resource.
+    pub deleted: bool,
+    /// `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: &'static str,
+    /// Sealed JSON (empty for deletions).
+    pub sealed: Vec<u8>,
+    /// The index rows of this version (empty for deletions); replace the previous version's rows.
+    pub index: Vec<IndexRow>,
+}
+
+/// Which versions a history request covers.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryScope<'a> {
+    /// Every resource.
+    System,
+    /// Every resource of one type.
+    Type(&'a str),
+    /// One resource.
+    Instance(&'a str, &'a str),
+}
+
+/// Sort keys the backend can apply itself, in SQL or its equivalent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeSort {
+    /// Creation order (the default; stable).
+    Key,
+    /// By logical id.
+    Id { descending: bool },
+    /// By last update.
+    LastUpdated { descending: bool },
+}
+
+/// Reads against one consistent snapshot of the store.
+pub trait ReadTx {
+    /// The current version of a resource (possibly a deletion), if it ever existed.
+    fn current(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>, StoreError>;
+    /// One specific version.
+    fn version(&mut self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError>;
+    /// Current versions of the given keys, in the order given (missing or deleted ones skipped).
+    fn load(&mut self, keys: &[ResKey]) -> Result<Vec<VersionRecord>, StoreError>;
+    /// Keys matching a plan, ordered by `sort` then key, after skipping `offset`, at most `limit`.
+    fn search(&mut self, plan: &Plan, sort: NativeSort, offset: usize, limit: usize) -> Result<Vec<ResKey>, StoreError>;
+    /// Number of resources matching a plan.
+    fn count(&mut self, plan: &Plan) -> Result<usize, StoreError>;
+    /// Targets `(type, id)` of the reference parameter `param` held by the given resources.
+    fn refs_from(&mut self, keys: &[ResKey], param: &ParamRef) -> Result<Vec<(String, String)>, StoreError>;
+    /// Keys of resources whose reference parameter `param` points at any of `targets`.
+    fn refs_to(&mut self, param: &ParamRef, targets: &[(String, String)]) -> Result<Vec<ResKey>, StoreError>;
+    /// Versions in a scope, newest first, optionally only since a time; paged.
+    fn history(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>, offset: usize, limit: usize) -> Result<Vec<VersionRecord>, StoreError>;
+    /// Number of versions in a scope.
+    fn history_count(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>) -> Result<usize, StoreError>;
+    /// A sealed system record (see [`Store::put_system_record`]).
+    fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All sealed system records of one kind, by key.
+    fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// A write transaction: everything a [`ReadTx`] sees plus its own uncommitted writes.
+pub trait Tx: ReadTx {
+    /// Writes a new version and makes it current, replacing the index rows.
+    fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError>;
+    /// Appends one (already sealed) audit entry; returns its sequence number.
+    fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError>;
+    /// Writes a sealed system record.
+    fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Removes a system record; true when one existed.
+    fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError>;
+}
+
+/// A unit of work for the writer: runs inside its own savepoint; an `Err` rolls back only it.
+pub type WriteJob = Box<dyn FnOnce(&mut dyn Tx) -> Result<(), RestError> + Send>;
+
+/// A storage backend.
+pub trait Store: Send + Sync {
+    /// The keyring that seals bodies and blinds index values for this store.
+    fn keyring(&self) -> &Arc<Keyring>;
+    /// A read snapshot; never waits for the writer.
+    fn reader(&self) -> Result<Box<dyn ReadTx + '_>, StoreError>;
+    /// Runs `job` in the writer and returns once its effects are durable (or it failed).
+    fn write(&self, job: WriteJob) -> Result<(), RestError>;
+}
+
+/// Runs a job in the writer and hands back the value it produced.
+pub fn write_with<T, F>(store: &dyn Store, f: F) -> Result<T, RestError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, RestError> + Send + 'static,
+{
+    let (send, recv) = std::sync::mpsc::sync_channel(1);
+    store.write(Box::new(move |tx: &mut dyn Tx| {
+        let v = f(tx)?;
+        // The receiver outlives this call (it is held below until write returns), so a send error
+        // cannot happen; ignoring it is harmless.
+        let _ = send.send(v);
+        Ok(())
+    }))?;
+    recv.recv().map_err(|_| RestError::Store("the writer returned no result".into()))
+}
+
+/// Record identity used to seal a system record.
+pub fn system_record_identity(kind: &str, key: &str) -> Vec<u8> {
+    format!("sys/{kind}/{key}").into_bytes()
+}
+
+/// Seals and stores a system record (auth clients, users, TOTP secrets) durably.
+pub fn put_system_record(store: &dyn Store, kind: &str, key: &str, body: &[u8]) -> Result<(), RestError> {
+    let sealed = store.keyring().seal(&system_record_identity(kind, key), body)?;
+    let (kind, key) = (kind.to_owned(), key.to_owned());
+    write_with(store, move |tx| Ok(tx.put_system_record(&kind, &key, &sealed)?))
+}
+
+/// Reads and opens a system record.
+pub fn get_system_record(store: &dyn Store, kind: &str, key: &str) -> Result<Option<Vec<u8>>, RestError> {
+    let sealed = store.reader()?.get_system_record(kind, key)?;
+    match sealed {
+        None => Ok(None),
+        Some(s) => Ok(Some(store.keyring().open(&system_record_identity(kind, key), &s)?)),
+    }
+}
+
+/// Lists and opens every system record of a kind.
+pub fn list_system_records(store: &dyn Store, kind: &str) -> Result<Vec<(String, Vec<u8>)>, RestError> {
+    let rows = store.reader()?.list_system_records(kind)?;
+    rows.into_iter()
+        .map(|(key, s)| {
+            let body = store.keyring().open(&system_record_identity(kind, &key), &s)?;
+            Ok((key, body))
+        })
+        .collect()
+}
+
+/// Removes a system record; true when one existed.
+pub fn delete_system_record(store: &dyn Store, kind: &str, key: &str) -> Result<bool, RestError> {
+    let (kind, key) = (kind.to_owned(), key.to_owned());
+    write_with(store, move |tx| Ok(tx.delete_system_record(&kind, &key)?))
+}

@@ -1,0 +1,84 @@
+//! The errors of the storage layer and of the FHIR interactions built on it.
+
+/// A failure of the storage backend itself (I/O, SQL, a lost writer thread).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("the store failed: {0}")]
+    Backend(String),
+    /// A stored record failed its integrity check (decryption or authentication).
+    #[error("a stored record failed its integrity check: {0}")]
+    Integrity(String),
+    /// The store could not be opened or created.
+    #[error("the store at {path} could not be opened: {reason}")]
+    Open { path: String, reason: String },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<carevault_crypto::CryptoError> for StoreError {
+    fn from(e: carevault_crypto::CryptoError) -> Self {
+        StoreError::Integrity(e.to_string())
+    }
+}
+
+/// The outcome of a FHIR interaction that did not succeed, one variant per HTTP answer.
+///
+/// `Display` is one sentence and never holds PHI: ids are server-assigned, search values and
+/// resource content are never included.
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    /// 404: no such resource.
+    #[error("{rtype}/{id} does not exist")]
+    NotFound { rtype: String, id: String },
+    /// 410: the resource was deleted; `version` is the deletion's version.
+    #[error("{rtype}/{id} was deleted")]
+    Gone { rtype: String, id: String, version: u64, last_updated_ms: i64 },
+    /// 422 (or 400 when the issues are structural): the resource failed validation.
+    #[error("the resource is not valid ({} issue(s))", .0.len())]
+    Invalid(Vec<fhir::Issue>),
+    /// 400: the request itself is malformed.
+    #[error("bad request: {diagnostics}")]
+    BadRequest { diagnostics: String, expression: Option<String> },
+    /// 412: a stale `If-Match` or an ambiguous conditional interaction.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// 409: a conflicting state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 501: an interaction or feature this server does not implement.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// 500: a stored record failed decryption or authentication.
+    #[error("a stored record failed its integrity check: {0}")]
+    Integrity(String),
+    /// 500/503: any other storage failure.
+    #[error("the store failed: {0}")]
+    Store(String),
+}
+
+impl RestError {
+    /// Shorthand for a [`RestError::BadRequest`] without an expression.
+    pub fn bad(diagnostics: impl Into<String>) -> Self {
+        RestError::BadRequest { diagnostics: diagnostics.into(), expression: None }
+    }
+}
+
+impl From<StoreError> for RestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Integrity(m) => RestError::Integrity(m),
+            other => RestError::Store(other.to_string()),
+        }
+    }
+}
+
+impl From<carevault_crypto::CryptoError> for RestError {
+    fn from(e: carevault_crypto::CryptoError) -> Self {
+        RestError::Integrity(e.to_string())
+    }
+}

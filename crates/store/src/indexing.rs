@@ -1,0 +1,213 @@
+//! Turns a resource's extracted search values into index rows: blind tags for everything derived
+//! from PHI text (strings, tokens, uris), plaintext references, numeric ranges.
+
+use carevault_crypto::{BlindTag, Keyring};
+use carevault_fhir::{IndexEntry, IndexValue};
+use serde_json::Value;
+
+use crate::backend::{IndexRow, ParamRef};
+use crate::fhirdefs;
+
+/// How many leading characters of a normalised string get a prefix tag; longer prefixes in a
+/// search are matched on this many and then verified against the decrypted resource.
+pub const MAX_PREFIX: usize = 24;
+/// At most this many distinct trigrams are indexed per string value.
+const MAX_TRIGRAMS: usize = 64;
+
+/// Kinds of blind tag; the kind is part of the blinding domain so tags of different kinds never
+/// collide.
+#[derive(Debug, Clone, Copy)]
+pub enum TagKind {
+    /// Whole normalised string.
+    StrEq,
+    /// Normalised string prefix.
+    StrPrefix,
+    /// Normalised string trigram (`:contains`).
+    StrTrigram,
+    /// String as written (`:exact`).
+    StrExact,
+    /// `system|code`.
+    TokSystemCode,
+    /// `code` of any system.
+    TokCode,
+    /// `|code`: code with no system.
+    TokNoSystem,
+    /// `system|`.
+    TokSystem,
+    /// `:text` (whole normalised text, and each word).
+    TokText,
+    /// uri.
+    Uri,
+    /// Quantity unit `system|code`.
+    QtySystemCode,
+    /// Quantity unit code or unit text.
+    QtyCode,
+    /// A quantity with any unit.
+    QtyAny,
+}
+
+impl TagKind {
+    fn label(self) -> &'static str {
+        match self {
+            TagKind::StrEq => "s=",
+            TagKind::StrPrefix => "s^",
+            TagKind::StrTrigram => "s3",
+            TagKind::StrExact => "sx",
+            TagKind::TokSystemCode => "t|",
+            TagKind::TokCode => "tc",
+            TagKind::TokNoSystem => "t0",
+            TagKind::TokSystem => "ts",
+            TagKind::TokText => "tt",
+            TagKind::Uri => "u",
+            TagKind::QtySystemCode => "q|",
+            TagKind::QtyCode => "qc",
+            TagKind::QtyAny => "q*",
+        }
+    }
+}
+
+/// The blind tag of `value` for a parameter and kind.
+pub fn tag(keyring: &Keyring, param: &ParamRef, kind: TagKind, value: &str) -> BlindTag {
+    let domain = format!("{}.{}#{}", param.rtype, param.code, kind.label());
+    keyring.blind(&domain, value.as_bytes())
+}
+
+/// Trigrams of a normalised string, deduplicated.
+pub fn trigrams(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out: Vec<String> = chars.windows(3).map(|w| w.iter().collect()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Prefixes (by character) of a normalised string, up to [`MAX_PREFIX`] characters.
+fn prefixes(s: &str) -> impl Iterator<Item = &str> {
+    s.char_indices().skip(1).map(|(i, _)| i).chain(std::iter::once(s.len())).take(MAX_PREFIX).map(move |end| &s[..end])
+}
+
+/// The first [`MAX_PREFIX`] characters of a string.
+pub fn clip_prefix(s: &str) -> &str {
+    match s.char_indices().nth(MAX_PREFIX) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Extracts and blinds every index row of a resource (its current version).
+pub fn index_rows(keyring: &Keyring, rtype: &str, resource: &Value) -> Vec<IndexRow> {
+    let entries = fhirdefs::extract_index(rtype, resource);
+    let mut rows = Vec::with_capacity(entries.len() * 4);
+    let mut has_meta = [false; 3];
+    for e in &entries {
+        if let Some(i) = ["_tag", "_profile", "_security"].iter().position(|c| *c == e.param) {
+            has_meta[i] = true;
+        }
+    }
+    for e in entries {
+        entry_rows(keyring, rtype, e, &mut rows);
+    }
+    meta_rows(keyring, rtype, resource, has_meta, &mut rows);
+    rows
+}
+
+/// Indexes `meta.tag`, `meta.profile`, `meta.security` when the definitions do not.
+fn meta_rows(keyring: &Keyring, rtype: &str, resource: &Value, done: [bool; 3], rows: &mut Vec<IndexRow>) {
+    let Some(meta) = resource.get("meta") else { return };
+    for (i, (code, field)) in [("_tag", "tag"), ("_profile", "profile"), ("_security", "security")].iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        let Some(Value::Array(items)) = meta.get(*field) else { continue };
+        for item in items {
+            let value = if *field == "profile" {
+                match item.as_str() {
+                    Some(s) => IndexValue::Uri(s.to_owned()),
+                    None => continue,
+                }
+            } else {
+                IndexValue::Token {
+                    system: item.get("system").and_then(Value::as_str).map(str::to_owned),
+                    code: item.get("code").and_then(Value::as_str).map(str::to_owned),
+                    text: item.get("display").and_then(Value::as_str).map(str::to_owned),
+                }
+            };
+            entry_rows(keyring, rtype, IndexEntry { param: (*code).to_owned(), value }, rows);
+        }
+    }
+}
+
+fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<IndexRow>) {
+    let param = ParamRef { rtype: rtype.to_owned(), code: e.param };
+    let t = |kind, v: &str| IndexRow::Tag { param: param.clone(), tag: tag(keyring, &param, kind, v) };
+    match e.value {
+        IndexValue::String { normalized, exact } => {
+            rows.push(t(TagKind::StrEq, &normalized));
+            rows.push(t(TagKind::StrExact, &exact));
+            for p in prefixes(&normalized) {
+                rows.push(t(TagKind::StrPrefix, p));
+            }
+            for tri in trigrams(&normalized).iter().take(MAX_TRIGRAMS) {
+                rows.push(t(TagKind::StrTrigram, tri));
+            }
+        }
+        IndexValue::Token { system, code, text } => {
+            if let Some(code) = &code {
+                rows.push(t(TagKind::TokCode, code));
+                match &system {
+                    Some(s) => rows.push(t(TagKind::TokSystemCode, &format!("{s}|{code}"))),
+                    None => rows.push(t(TagKind::TokNoSystem, code)),
+                }
+            }
+            if let Some(s) = &system {
+                rows.push(t(TagKind::TokSystem, s));
+            }
+            if let Some(text) = &text {
+                let n = fhirdefs::normalize_string(text);
+                if !n.is_empty() {
+                    rows.push(t(TagKind::TokText, &n));
+                    for w in n.split(' ').filter(|w| *w != n) {
+                        rows.push(t(TagKind::TokText, w));
+                    }
+                }
+            }
+        }
+        IndexValue::Reference { rtype: tt, id, url } => rows.push(IndexRow::Ref {
+            param,
+            ttype: tt.unwrap_or_default(),
+            tid: id.unwrap_or_default(),
+            url: url.unwrap_or_default(),
+        }),
+        IndexValue::Date { start, end } => rows.push(IndexRow::Date { param, lo: start, hi: end }),
+        IndexValue::Number { low, high, .. } => rows.push(IndexRow::Number { param, lo: low, hi: high }),
+        IndexValue::Quantity { low, high, system, code, unit, .. } => {
+            let q = |kind, v: &str| IndexRow::Quantity { param: param.clone(), tag: tag(keyring, &param, kind, v), lo: low, hi: high };
+            rows.push(q(TagKind::QtyAny, ""));
+            if let Some(code) = &code {
+                if let Some(s) = &system {
+                    rows.push(q(TagKind::QtySystemCode, &format!("{s}|{code}")));
+                }
+                rows.push(q(TagKind::QtyCode, code));
+            }
+            if let Some(u) = unit.filter(|u| Some(u) != code.as_ref()) {
+                rows.push(q(TagKind::QtyCode, &u));
+            }
+        }
+        IndexValue::Uri(u) => rows.push(t(TagKind::Uri, &u)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_by_character_and_capped() {
+        let p: Vec<&str> = prefixes("émile").collect();
+        assert_eq!(p, vec!["é", "ém", "émi", "émil", "émile"]);
+        let long = "a".repeat(40);
+        assert_eq!(prefixes(&long).count(), MAX_PREFIX);
+        assert_eq!(clip_prefix(&long).len(), MAX_PREFIX);
+        assert_eq!(trigrams("abcab"), vec!["abc", "bca", "cab"]);
+    }
+}

@@ -1,0 +1,440 @@
+//! FHIR REST interaction semantics (read, vread, create, update, patch, delete, their conditional
+//! forms, search, history and bundles), written against the storage interface only.
+
+use std::sync::Arc;
+
+use carevault_crypto::Keyring;
+use serde_json::{Map, Value};
+
+use crate::backend::{NewVersion, ReadTx, Store, Tx, VersionRecord, write_with};
+use crate::error::RestError;
+use crate::{fhirdefs, indexing, instant, search};
+
+/// One stored version as the server returns it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Resource type.
+    pub rtype: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number (`meta.versionId`).
+    pub version: u64,
+    /// `meta.lastUpdated` in ms since the epoch.
+    pub last_updated_ms: i64,
+    /// The resource JSON including `meta`, exactly as stored.
+    pub json: Vec<u8>,
+}
+
+/// The outcome of a create or update.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// True when a new resource came into being (HTTP 201), false for an update or when a
+    /// conditional create found an existing match (HTTP 200).
+    pub created: bool,
+    /// The version now current.
+    pub stored: Stored,
+}
+
+/// The FHIR interactions over a store.
+#[derive(Clone)]
+pub struct Rest {
+    store: Arc<dyn Store>,
+}
+
+/// Record identity a version body is sealed to.
+pub fn record_identity(rtype: &str, id: &str, version: u64) -> Vec<u8> {
+    format!("{rtype}/{id}/_history/{version}").into_bytes()
+}
+
+/// Decrypts a stored version.
+pub fn open_record(keyring: &Keyring, rec: &VersionRecord) -> Result<Stored, RestError> {
+    let json = keyring.open(&record_identity(&rec.rtype, &rec.id, rec.version), &rec.sealed).map_err(|e| {
+        tracing::error!(rtype = %rec.rtype, id = %rec.id, version = rec.version, "stored record failed decryption");
+        RestError::Integrity(e.to_string())
+    })?;
+    Ok(Stored { rtype: rec.rtype.clone(), id: rec.id.clone(), version: rec.version, last_updated_ms: rec.last_updated_ms, json })
+}
+
+/// A new server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Checks `resourceType` against the URL's type and runs validation.
+pub fn check_resource(rtype: &str, resource: &Value) -> Result<(), RestError> {
+    if !fhirdefs::definitions().is_resource_type(rtype) {
+        return Err(RestError::bad(format!("{rtype} is not a FHIR R4 resource type")));
+    }
+    let actual = resource.get("resourceType").and_then(Value::as_str);
+    if actual != Some(rtype) {
+        return Err(RestError::BadRequest {
+            diagnostics: format!("the body's resourceType must be {rtype}"),
+            expression: Some("resourceType".into()),
+        });
+    }
+    let issues: Vec<_> = fhirdefs::validate(resource)
+        .into_iter()
+        .filter(|i| matches!(i.severity, carevault_fhir::IssueSeverity::Error | carevault_fhir::IssueSeverity::Fatal))
+        .collect();
+    if issues.is_empty() { Ok(()) } else { Err(RestError::Invalid(issues)) }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping `resourceType`, `id`, `meta` first.
+pub fn stamp(resource: Value, id: &str, version: u64, last_updated_ms: i64) -> Value {
+    let Value::Object(mut obj) = resource else { return resource };
+    let mut meta = match obj.remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(instant::format_ms(last_updated_ms)));
+    new_meta.extend(meta);
+    let mut out = Map::new();
+    if let Some(rt) = obj.remove("resourceType") {
+        out.insert("resourceType".into(), rt);
+    }
+    obj.remove("id");
+    out.insert("id".into(), Value::String(id.to_owned()));
+    out.insert("meta".into(), Value::Object(new_meta));
+    out.extend(obj);
+    Value::Object(out)
+}
+
+/// Everything derived from a resource version before it is written: stamped JSON, index rows,
+/// sealed body. Pure, so callers may do it outside the writer.
+pub fn prepare(
+    keyring: &Keyring,
+    rtype: &str,
+    id: &str,
+    version: u64,
+    now_ms: i64,
+    resource: Value,
+    method: &'static str,
+) -> Result<(NewVersion, Stored), RestError> {
+    let resource = stamp(resource, id, version, now_ms);
+    let json = serde_json::to_vec(&resource).map_err(|e| RestError::Store(format!("serialising failed: {e}")))?;
+    let index = indexing::index_rows(keyring, rtype, &resource);
+    let sealed = keyring.seal(&record_identity(rtype, id, version), &json)?;
+    let nv = NewVersion {
+        rtype: rtype.to_owned(),
+        id: id.to_owned(),
+        version,
+        last_updated_ms: now_ms,
+        deleted: false,
+        method,
+        sealed,
+        index,
+    };
+    Ok((nv, Stored { rtype: rtype.to_owned(), id: id.to_owned(), version, last_updated_ms: now_ms, json }))
+}
+
+fn check_if_match(cur: Option<&VersionRecord>, if_match: Option<u64>, rtype: &str, id: &str) -> Result<(), RestError> {
+    if let Some(want) = if_match {
+        let have = cur.filter(|c| !c.deleted).map(|c| c.version);
+        if have != Some(want) {
+            return Err(RestError::PreconditionFailed(format!(
+                "{rtype}/{id} is not at version {want} (If-Match); read it again and retry"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates or updates `rtype/id` to `resource` inside a write transaction (update-as-create
+/// included). `resource` must already be validated.
+pub fn put_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    rtype: &str,
+    id: &str,
+    resource: Value,
+    if_match: Option<u64>,
+    method: &'static str,
+) -> Result<Written, RestError> {
+    let cur = tx.current(rtype, id)?;
+    check_if_match(cur.as_ref(), if_match, rtype, id)?;
+    let version = cur.as_ref().map_or(1, |c| c.version + 1);
+    let created = cur.as_ref().is_none_or(|c| c.deleted);
+    let (nv, stored) = prepare(keyring, rtype, id, version, instant::now_ms(), resource, method)?;
+    tx.put_version(&nv)?;
+    Ok(Written { created, stored })
+}
+
+/// Deletes `rtype/id` inside a write transaction; the new (deletion) version, if there was
+/// anything to delete.
+pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
+    let Some(cur) = tx.current(rtype, id)? else { return Ok(None) };
+    if cur.deleted {
+        return Ok(None);
+    }
+    let nv = NewVersion {
+        rtype: rtype.to_owned(),
+        id: id.to_owned(),
+        version: cur.version + 1,
+        last_updated_ms: instant::now_ms(),
+        deleted: true,
+        method: "DELETE",
+        sealed: Vec::new(),
+        index: Vec::new(),
+    };
+    tx.put_version(&nv)?;
+    Ok(Some(nv.version))
+}
+
+/// Reads a current resource through any read transaction: 404/410 as appropriate.
+pub fn read_in(r: &mut dyn ReadTx, keyring: &Keyring, rtype: &str, id: &str) -> Result<Stored, RestError> {
+    match r.current(rtype, id)? {
+        None => Err(RestError::NotFound { rtype: rtype.to_owned(), id: id.to_owned() }),
+        Some(rec) if rec.deleted => Err(RestError::Gone {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+            version: rec.version,
+            last_updated_ms: rec.last_updated_ms,
+        }),
+        Some(rec) => open_record(keyring, &rec),
+    }
+}
+
+/// Conditional create inside a transaction: the existing match, or a new resource.
+pub fn create_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    rtype: &str,
+    resource: Value,
+    if_none_exist: Option<&str>,
+) -> Result<Written, RestError> {
+    if let Some(q) = if_none_exist {
+        let keys = search::matching_keys(tx, keyring, rtype, q)?;
+        match keys.len() {
+            0 => {}
+            1 => {
+                let rec = tx.load(&keys)?;
+                let rec = rec.first().ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
+                return Ok(Written { created: false, stored: open_record(keyring, rec)? });
+            }
+            n => {
+                return Err(RestError::PreconditionFailed(format!(
+                    "the If-None-Exist criteria match {n} {rtype} resources; make them more selective"
+                )));
+            }
+        }
+    }
+    let id = new_id();
+    let (nv, stored) = prepare(keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
+    tx.put_version(&nv)?;
+    Ok(Written { created: true, stored })
+}
+
+impl Rest {
+    /// Interactions over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Rest {
+        Rest { store }
+    }
+
+    /// The underlying store (system records, audit appends).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.store.keyring().clone()
+    }
+
+    /// The current version of `rtype/id`.
+    pub fn read(&self, rtype: &str, id: &str) -> Result<Stored, RestError> {
+        let mut r = self.store.reader()?;
+        read_in(&mut *r, self.store.keyring(), rtype, id)
+    }
+
+    /// One version of `rtype/id`.
+    pub fn vread(&self, rtype: &str, id: &str, version: &str) -> Result<Stored, RestError> {
+        let not_found = || RestError::NotFound { rtype: rtype.to_owned(), id: id.to_owned() };
+        let v: u64 = version.parse().map_err(|_| not_found())?;
+        let rec = self.store.reader()?.version(rtype, id, v)?.ok_or_else(not_found)?;
+        if rec.deleted {
+            return Err(RestError::Gone {
+                rtype: rtype.to_owned(),
+                id: id.to_owned(),
+                version: rec.version,
+                last_updated_ms: rec.last_updated_ms,
+            });
+        }
+        open_record(self.store.keyring(), &rec)
+    }
+
+    /// Creates a resource with a server-assigned id; with `if_none_exist`, a conditional create.
+    pub fn create(&self, rtype: &str, resource: Value, if_none_exist: Option<&str>) -> Result<Written, RestError> {
+        check_resource(rtype, &resource)?;
+        let keyring = self.keyring();
+        if if_none_exist.is_none() {
+            // Everything but the insert happens here, in parallel with other callers.
+            let id = new_id();
+            let (nv, stored) = prepare(&keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
+            write_with(&*self.store, move |tx| {
+                tx.put_version(&nv)?;
+                Ok(())
+            })?;
+            return Ok(Written { created: true, stored });
+        }
+        let (rtype, q) = (rtype.to_owned(), if_none_exist.map(str::to_owned));
+        write_with(&*self.store, move |tx| create_in_tx(tx, &keyring, &rtype, resource, q.as_deref()))
+    }
+
+    /// Updates (or creates, with the client's id) `rtype/id`.
+    pub fn update(&self, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<Written, RestError> {
+        check_resource(rtype, &resource)?;
+        match resource.get("id").and_then(Value::as_str) {
+            Some(rid) if rid == id => {}
+            _ => {
+                return Err(RestError::BadRequest {
+                    diagnostics: format!("the body's id must be {id}, the id in the URL"),
+                    expression: Some(format!("{rtype}.id")),
+                });
+            }
+        }
+        let keyring = self.keyring();
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        write_with(&*self.store, move |tx| put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT"))
+    }
+
+    /// Conditional update: the search `query` decides which resource (if any) is updated.
+    pub fn conditional_update(
+        &self,
+        rtype: &str,
+        query: &str,
+        resource: Value,
+        if_match: Option<u64>,
+    ) -> Result<Written, RestError> {
+        check_resource(rtype, &resource)?;
+        let keyring = self.keyring();
+        let (rtype, query) = (rtype.to_owned(), query.to_owned());
+        write_with(&*self.store, move |tx| conditional_update_in_tx(tx, &keyring, &rtype, &query, resource, if_match))
+    }
+
+    /// Applies an RFC 6902 JSON Patch to the current version, validates, and stores the result.
+    pub fn patch(&self, rtype: &str, id: &str, json_patch: Value, if_match: Option<u64>) -> Result<Written, RestError> {
+        let keyring = self.keyring();
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        write_with(&*self.store, move |tx| patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match))
+    }
+
+    /// Deletes `rtype/id`; the deletion's version, or `None` when there was nothing to delete.
+    pub fn delete(&self, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        write_with(&*self.store, move |tx| delete_in_tx(tx, &rtype, &id))
+    }
+
+    /// Deletes every resource matching `query`; how many were deleted.
+    pub fn conditional_delete(&self, rtype: &str, query: &str) -> Result<usize, RestError> {
+        let keyring = self.keyring();
+        let (rtype, query) = (rtype.to_owned(), query.to_owned());
+        write_with(&*self.store, move |tx| conditional_delete_in_tx(tx, &keyring, &rtype, &query))
+    }
+
+    /// A search; answers a `searchset` Bundle.
+    pub fn search(&self, req: &search::SearchRequest<'_>) -> Result<Value, RestError> {
+        let mut r = self.store.reader()?;
+        search::run(&mut *r, self.store.keyring(), req)
+    }
+
+    /// A history (instance, type or system); answers a `history` Bundle.
+    pub fn history(&self, req: &search::HistoryRequest<'_>) -> Result<Value, RestError> {
+        let mut r = self.store.reader()?;
+        search::history(&mut *r, self.store.keyring(), req)
+    }
+
+    /// Processes a batch or transaction Bundle; answers the response Bundle.
+    pub fn bundle(&self, bundle: Value, base_url: &str) -> Result<Value, RestError> {
+        crate::bundle::process(self, bundle, base_url)
+    }
+}
+
+/// Conditional update inside a transaction.
+pub fn conditional_update_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    rtype: &str,
+    query: &str,
+    resource: Value,
+    if_match: Option<u64>,
+) -> Result<Written, RestError> {
+    let keys = search::matching_keys(tx, keyring, rtype, query)?;
+    let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
+    match keys.len() {
+        0 => {
+            let id = body_id.unwrap_or_else(new_id);
+            put_in_tx(tx, keyring, rtype, &id, resource, if_match, "PUT")
+        }
+        1 => {
+            let recs = tx.load(&keys)?;
+            let rec = recs.first().ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
+            let id = rec.id.clone();
+            if body_id.as_deref().is_some_and(|b| b != id) {
+                return Err(RestError::BadRequest {
+                    diagnostics: format!("the body's id does not match the resource the criteria select ({rtype}/{id})"),
+                    expression: Some(format!("{rtype}.id")),
+                });
+            }
+            let mut resource = resource;
+            if let Value::Object(o) = &mut resource {
+                o.insert("id".into(), Value::String(id.clone()));
+            }
+            put_in_tx(tx, keyring, rtype, &id, resource, if_match, "PUT")
+        }
+        n => Err(RestError::PreconditionFailed(format!(
+            "the conditional update criteria match {n} {rtype} resources; make them more selective"
+        ))),
+    }
+}
+
+/// Conditional delete inside a transaction.
+pub fn conditional_delete_in_tx(tx: &mut dyn Tx, keyring: &Keyring, rtype: &str, query: &str) -> Result<usize, RestError> {
+    let keys = search::matching_keys(tx, keyring, rtype, query)?;
+    let recs = tx.load(&keys)?;
+    let mut n = 0;
+    for rec in recs {
+        if delete_in_tx(tx, rtype, &rec.id)?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// JSON Patch inside a transaction.
+pub fn patch_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    rtype: &str,
+    id: &str,
+    json_patch: &Value,
+    if_match: Option<u64>,
+) -> Result<Written, RestError> {
+    let cur = read_in(tx, keyring, rtype, id)?;
+    check_if_match(
+        Some(&VersionRecord {
+            key: crate::backend::ResKey(0),
+            rtype: cur.rtype.clone(),
+            id: cur.id.clone(),
+            version: cur.version,
+            last_updated_ms: cur.last_updated_ms,
+            deleted: false,
+            method: String::new(),
+            sealed: Vec::new(),
+        }),
+        if_match,
+        rtype,
+        id,
+    )?;
+    let doc: Value = serde_json::from_slice(&cur.json).map_err(|e| RestError::Integrity(format!("stored JSON unreadable: {e}")))?;
+    let patched = crate::patch::apply(doc, json_patch)?;
+    if patched.get("id").and_then(Value::as_str) != Some(id) {
+        return Err(RestError::BadRequest { diagnostics: "a patch may not change the id".into(), expression: Some(format!("{rtype}.id")) });
+    }
+    check_resource(rtype, &patched)?;
+    let (nv, stored) = prepare(keyring, rtype, id, cur.version + 1, instant::now_ms(), patched, "PATCH")?;
+    tx.put_version(&nv)?;
+    Ok(Written { created: false, stored })
+}

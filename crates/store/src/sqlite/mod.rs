@@ -1,0 +1,235 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, one writer thread
+//! that group-commits whatever jobs are waiting (one fsync per group), and a pool of read-only
+//! connections that never wait for the writer.
+
+mod query;
+mod schema;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use carevault_crypto::Keyring;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::backend::{Store, Tx, WriteJob};
+use crate::error::{RestError, StoreError};
+
+pub use query::SqlTx;
+
+/// How many jobs one commit may carry at most.
+const MAX_GROUP: usize = 256;
+/// How long a connection waits for a lock held by another process (`carevault import`).
+const BUSY_TIMEOUT_MS: u64 = 30_000;
+
+type Reply = SyncSender<Result<(), RestError>>;
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    keyring: Arc<Keyring>,
+    jobs: Mutex<Sender<(WriteJob, Reply)>>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+}
+
+/// Opens (creating if needed) the SQLite store at `path`.
+pub fn open_sqlite(path: &Path, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(path, keyring)?))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file and starts its writer thread.
+    pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        configure(&conn, false).map_err(|e| open_err(e.to_string()))?;
+        schema::migrate(&conn).map_err(|e| open_err(e.to_string()))?;
+        let (send, recv) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("carevault-store-writer".into())
+            .spawn(move || writer_loop(conn, recv))
+            .map_err(|e| open_err(format!("the writer thread could not start: {e}")))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            keyring,
+            jobs: Mutex::new(send),
+            readers: Mutex::new(Vec::new()),
+            max_readers: cores + 2,
+        })
+    }
+
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = lock(&self.readers).pop() {
+            return Ok(c);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        configure(&conn, true)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = lock(&self.readers);
+        if pool.len() < self.max_readers {
+            pool.push(conn);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked while holding it; the pool and the
+    // sender stay usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.set_prepared_statement_cache_capacity(128);
+    if read_only {
+        conn.execute_batch("PRAGMA query_only=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;")?;
+    } else {
+        // WAL + FULL: every COMMIT fsyncs the WAL, so an acknowledged write survives kill -9 and
+        // power loss; temp_store=MEMORY keeps sort/intersection scratch data off the disk.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; \
+             PRAGMA cache_size=-65536; PRAGMA foreign_keys=OFF;",
+        )?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        run_group(&conn, group);
+    }
+}
+
+fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = format!("could not start a write transaction: {e}");
+        for (_, reply) in group {
+            let _ = reply.send(Err(RestError::Store(msg.clone())));
+        }
+        return;
+    }
+    let mut outcomes = Vec::with_capacity(group.len());
+    for (job, reply) in group {
+        let result = run_job(conn, job);
+        outcomes.push((reply, result));
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for (reply, result) in outcomes {
+                // A caller that gave up waiting has dropped its receiver; nothing to do then.
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "group commit failed");
+            for (reply, result) in outcomes {
+                let err = match result {
+                    Err(job_err) => job_err,
+                    Ok(()) => RestError::Store(format!("the commit failed: {e}")),
+                };
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+fn run_job(conn: &Connection, job: WriteJob) -> Result<(), RestError> {
+    conn.execute_batch("SAVEPOINT job").map_err(StoreError::from)?;
+    let mut tx = SqlTx::new(conn);
+    let result = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut tx as &mut dyn Tx))) {
+        Ok(r) => r,
+        Err(_) => Err(RestError::Store("a write job panicked".into())),
+    };
+    if result.is_err() {
+        conn.execute_batch("ROLLBACK TO job").map_err(StoreError::from)?;
+    }
+    conn.execute_batch("RELEASE job").map_err(StoreError::from)?;
+    result
+}
+
+/// A pooled read-only connection holding one read transaction (a consistent snapshot).
+pub struct Reader<'s> {
+    store: &'s SqliteStore,
+    conn: Option<Connection>,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.execute_batch("COMMIT").is_ok() {
+                self.store.give_back(conn);
+            }
+        }
+    }
+}
+
+impl<'s> Reader<'s> {
+    fn tx(&self) -> Result<SqlTx<'_>, StoreError> {
+        self.conn
+            .as_ref()
+            .map(SqlTx::new)
+            .ok_or_else(|| StoreError::Backend("reader already released".into()))
+    }
+}
+
+impl Store for SqliteStore {
+    fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    fn reader(&self) -> Result<Box<dyn crate::backend::ReadTx + '_>, StoreError> {
+        let conn = self.take_reader()?;
+        conn.execute_batch("BEGIN")?;
+        Ok(Box::new(Reader { store: self, conn: Some(conn) }))
+    }
+
+    fn write(&self, job: WriteJob) -> Result<(), RestError> {
+        let (send, recv) = std::sync::mpsc::sync_channel(1);
+        lock(&self.jobs)
+            .send((job, send))
+            .map_err(|_| RestError::Store("the store writer has stopped".into()))?;
+        recv.recv().map_err(|_| RestError::Store("the store writer has stopped".into()))?
+    }
+}
+
+macro_rules! delegate_read {
+    ($($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty;)*) => {
+        impl crate::backend::ReadTx for Reader<'_> {
+            $(fn $name(&mut self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                crate::backend::ReadTx::$name(&mut self.tx()?, $($arg),*)
+            })*
+        }
+    };
+}
+
+use crate::backend::{HistoryScope, NativeSort, ParamRef, ResKey, VersionRecord};
+use crate::plan::Plan;
+
+delegate_read! {
+    current(rtype: &str, id: &str) -> Option<VersionRecord>;
+    version(rtype: &str, id: &str, version: u64) -> Option<VersionRecord>;
+    load(keys: &[ResKey]) -> Vec<VersionRecord>;
+    search(plan: &Plan, sort: NativeSort, offset: usize, limit: usize) -> Vec<ResKey>;
+    count(plan: &Plan) -> usize;
+    refs_from(keys: &[ResKey], param: &ParamRef) -> Vec<(String, String)>;
+    refs_to(param: &ParamRef, targets: &[(String, String)]) -> Vec<ResKey>;
+    history(scope: HistoryScope<'_>, since_ms: Option<i64>, offset: usize, limit: usize) -> Vec<VersionRecord>;
+    history_count(scope: HistoryScope<'_>, since_ms: Option<i64>) -> usize;
+    get_system_record(kind: &str, key: &str) -> Option<Vec<u8>>;
+    list_system_records(kind: &str) -> Vec<(String, Vec<u8>)>;
+}

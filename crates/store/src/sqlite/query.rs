@@ -1,0 +1,434 @@
+//! SQL for the storage interface: reads, version writes, index maintenance, and the translation
+//! of search plans into compound SELECTs over the index tables.
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use crate::backend::{HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef, ReadTx, ResKey, Tx, VersionRecord};
+use crate::error::StoreError;
+use crate::plan::{Bound, Cond, IndexKind, Plan, RangeCond};
+
+/// Reads and writes over one SQLite connection (the writer's inside a savepoint, or a reader's
+/// inside its read transaction).
+pub struct SqlTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> SqlTx<'c> {
+    /// Wraps a connection that already has a transaction open.
+    pub fn new(conn: &'c Connection) -> Self {
+        SqlTx { conn }
+    }
+}
+
+/// A parameter's small integer id: a stable 63-bit FNV-1a hash of `Type.code`, so ids need no
+/// table (and no state shared between processes) and are the same in every store.
+fn pid(p: &ParamRef) -> i64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in p.rtype.bytes().chain(std::iter::once(b'.')).chain(p.code.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h >> 1) as i64
+}
+
+const VERSION_COLS: &str = "r.rid, r.rtype, r.id, v.version, v.last_updated, v.deleted, v.method, v.body";
+
+fn version_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        key: ResKey(row.get(0)?),
+        rtype: row.get(1)?,
+        id: row.get(2)?,
+        version: row.get::<_, i64>(3)? as u64,
+        last_updated_ms: row.get(4)?,
+        deleted: row.get::<_, i64>(5)? != 0,
+        method: row.get(6)?,
+        sealed: row.get(7)?,
+    })
+}
+
+impl ReadTx for SqlTx<'_> {
+    fn current(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM res r JOIN ver v ON v.rid = r.rid AND v.version = r.version \
+             WHERE r.rtype = ?1 AND r.id = ?2"
+        ))?;
+        Ok(st.query_row(params![rtype, id], version_row).optional()?)
+    }
+
+    fn version(&mut self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM res r JOIN ver v ON v.rid = r.rid \
+             WHERE r.rtype = ?1 AND r.id = ?2 AND v.version = ?3"
+        ))?;
+        Ok(st.query_row(params![rtype, id, version as i64], version_row).optional()?)
+    }
+
+    fn load(&mut self, keys: &[ResKey]) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM res r JOIN ver v ON v.rid = r.rid AND v.version = r.version \
+             WHERE r.rid = ?1 AND r.deleted = 0"
+        ))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = st.query_row([k.0], version_row).optional()? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn search(&mut self, plan: &Plan, sort: NativeSort, offset: usize, limit: usize) -> Result<Vec<ResKey>, StoreError> {
+        let mut args = Vec::new();
+        let inner = plan_sql(plan, &mut args);
+        let sql = match sort {
+            NativeSort::Key => format!("SELECT rid FROM ({inner}) ORDER BY rid LIMIT ? OFFSET ?"),
+            NativeSort::Id { descending } => format!(
+                "SELECT r.rid FROM res r WHERE r.rid IN ({inner}) ORDER BY r.id {0}, r.rid LIMIT ? OFFSET ?",
+                if descending { "DESC" } else { "ASC" }
+            ),
+            NativeSort::LastUpdated { descending } => format!(
+                "SELECT r.rid FROM res r WHERE r.rid IN ({inner}) ORDER BY r.last_updated {0}, r.rid LIMIT ? OFFSET ?",
+                if descending { "DESC" } else { "ASC" }
+            ),
+        };
+        args.push(Sql::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        args.push(Sql::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
+        rows.map(|r| r.map(ResKey).map_err(StoreError::from)).collect()
+    }
+
+    fn count(&mut self, plan: &Plan) -> Result<usize, StoreError> {
+        let mut args = Vec::new();
+        let inner = plan_sql(plan, &mut args);
+        let mut st = self.conn.prepare_cached(&format!("SELECT count(*) FROM ({inner})"))?;
+        let n: i64 = st.query_row(params_from_iter(args), |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    fn refs_from(&mut self, keys: &[ResKey], param: &ParamRef) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT ttype, tid FROM ix_ref WHERE rid = ?1 AND pid = ?2 AND tid <> '' AND ttype <> ''")?;
+        let mut out = Vec::new();
+        for k in keys {
+            let rows = st.query_map(params![k.0, pid(param)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn refs_to(&mut self, param: &ParamRef, targets: &[(String, String)]) -> Result<Vec<ResKey>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT rid FROM ix_ref WHERE pid = ?1 AND tid = ?2 AND ttype = ?3")?;
+        let mut out = Vec::new();
+        for (t, id) in targets {
+            let rows = st.query_map(params![pid(param), id, t], |r| r.get::<_, i64>(0))?;
+            for r in rows {
+                out.push(ResKey(r?));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn history(
+        &mut self,
+        scope: HistoryScope<'_>,
+        since_ms: Option<i64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let (filter, mut args) = history_filter(scope, since_ms);
+        let sql = format!(
+            "SELECT {VERSION_COLS} FROM ver v JOIN res r ON r.rid = v.rid WHERE {filter} ORDER BY v.seq DESC LIMIT ? OFFSET ?"
+        );
+        args.push(Sql::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        args.push(Sql::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(args), version_row)?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    fn history_count(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>) -> Result<usize, StoreError> {
+        let (filter, args) = history_filter(scope, since_ms);
+        let sql = format!("SELECT count(*) FROM ver v JOIN res r ON r.rid = v.rid WHERE {filter}");
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let n: i64 = st.query_row(params_from_iter(args), |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT body FROM system_record WHERE kind = ?1 AND key = ?2")?;
+        Ok(st.query_row(params![kind, key], |r| r.get(0)).optional()?)
+    }
+
+    fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT key, body FROM system_record WHERE kind = ?1 ORDER BY key")?;
+        let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+}
+
+fn history_filter(scope: HistoryScope<'_>, since_ms: Option<i64>) -> (String, Vec<Sql>) {
+    let mut filter = String::from("1");
+    let mut args = Vec::new();
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(t) => {
+            filter.push_str(" AND r.rtype = ?");
+            args.push(Sql::Text(t.to_owned()));
+        }
+        HistoryScope::Instance(t, id) => {
+            filter.push_str(" AND r.rtype = ? AND r.id = ?");
+            args.push(Sql::Text(t.to_owned()));
+            args.push(Sql::Text(id.to_owned()));
+        }
+    }
+    if let Some(s) = since_ms {
+        filter.push_str(" AND v.last_updated >= ?");
+        args.push(Sql::Integer(s));
+    }
+    (filter, args)
+}
+
+impl Tx for SqlTx<'_> {
+    fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError> {
+        let conn = self.conn;
+        let deleted = i64::from(v.deleted);
+        let rid: i64 = if v.version == 1 {
+            let mut st = conn.prepare_cached(
+                "INSERT INTO res (rtype, id, version, last_updated, deleted) VALUES (?1, ?2, 1, ?3, ?4)",
+            )?;
+            st.execute(params![v.rtype, v.id, v.last_updated_ms, deleted])
+                .map_err(|e| StoreError::Backend(format!("{}/{} already exists: {e}", v.rtype, v.id)))?;
+            conn.last_insert_rowid()
+        } else {
+            let mut st = conn.prepare_cached(
+                "UPDATE res SET version = ?1, last_updated = ?2, deleted = ?3 \
+                 WHERE rtype = ?4 AND id = ?5 AND version = ?6 RETURNING rid",
+            )?;
+            let rid: Option<i64> = st
+                .query_row(
+                    params![v.version as i64, v.last_updated_ms, deleted, v.rtype, v.id, v.version as i64 - 1],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let rid = rid.ok_or_else(|| {
+                StoreError::Backend(format!("{}/{} is not at version {}", v.rtype, v.id, v.version - 1))
+            })?;
+            for table in ["ix_tag", "ix_ref", "ix_date", "ix_num", "ix_qty"] {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?.execute([rid])?;
+            }
+            rid
+        };
+        conn.prepare_cached(
+            "INSERT INTO ver (rid, version, last_updated, deleted, method, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![rid, v.version as i64, v.last_updated_ms, deleted, v.method, v.sealed])?;
+        if !v.index.is_empty() {
+            let mut tag = conn.prepare_cached("INSERT OR IGNORE INTO ix_tag (pid, tag, rid) VALUES (?1, ?2, ?3)")?;
+            let mut rf = conn
+                .prepare_cached("INSERT OR IGNORE INTO ix_ref (pid, tid, ttype, url, rid) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut date =
+                conn.prepare_cached("INSERT OR IGNORE INTO ix_date (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut num = conn.prepare_cached("INSERT OR IGNORE INTO ix_num (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut qty =
+                conn.prepare_cached("INSERT OR IGNORE INTO ix_qty (pid, tag, lo, hi, rid) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for row in &v.index {
+                match row {
+                    IndexRow::Tag { param, tag: t } => tag.execute(params![pid(param), &t[..], rid])?,
+                    IndexRow::Ref { param, ttype, tid, url } => rf.execute(params![pid(param), tid, ttype, url, rid])?,
+                    IndexRow::Date { param, lo, hi } => date.execute(params![pid(param), lo, hi, rid])?,
+                    IndexRow::Number { param, lo, hi } => num.execute(params![pid(param), lo, hi, rid])?,
+                    IndexRow::Quantity { param, tag: t, lo, hi } => {
+                        qty.execute(params![pid(param), &t[..], lo, hi, rid])?
+                    }
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError> {
+        self.conn.prepare_cached("INSERT INTO audit_log (entry) VALUES (?1)")?.execute([entry])?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO system_record (kind, key, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![kind, key, sealed])?;
+        Ok(())
+    }
+
+    fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM system_record WHERE kind = ?1 AND key = ?2")?
+            .execute(params![kind, key])?;
+        Ok(n > 0)
+    }
+}
+
+/// Translates a plan into a SELECT yielding matching `rid`s (deduplicated), pushing bind values.
+fn plan_sql(plan: &Plan, args: &mut Vec<Sql>) -> String {
+    if plan.clauses.is_empty() {
+        args.push(Sql::Text(plan.rtype.clone()));
+        return "SELECT rid FROM res WHERE rtype = ? AND deleted = 0".into();
+    }
+    let parts: Vec<String> = plan
+        .clauses
+        .iter()
+        .map(|clause| {
+            let ors: Vec<String> =
+                clause.iter().map(|c| format!("SELECT rid FROM ({})", cond_sql(&plan.rtype, c, args))).collect();
+            if ors.is_empty() { "SELECT rid FROM res WHERE 0".to_owned() } else { ors.join(" UNION ") }
+        })
+        .map(|s| format!("SELECT rid FROM ({s})"))
+        .collect();
+    parts.join(" INTERSECT ")
+}
+
+fn range_sql(range: &RangeCond, args: &mut Vec<Sql>, lo: &str, hi: &str) -> String {
+    let mut parts = Vec::new();
+    for b in &range.bounds {
+        let (col, op, v) = match *b {
+            Bound::LoLt(v) => (lo, "<", v),
+            Bound::LoGe(v) => (lo, ">=", v),
+            Bound::HiGt(v) => (hi, ">", v),
+            Bound::HiLe(v) => (hi, "<=", v),
+        };
+        parts.push(format!("{col} {op} ?"));
+        args.push(Sql::Real(v));
+    }
+    if parts.is_empty() { "1".into() } else { parts.join(" AND ") }
+}
+
+fn not_in(rtype: &str, inner: String, args_before: Vec<Sql>, args: &mut Vec<Sql>) -> String {
+    args.push(Sql::Text(rtype.to_owned()));
+    args.extend(args_before);
+    format!("SELECT rid FROM res WHERE rtype = ? AND deleted = 0 AND rid NOT IN ({inner})")
+}
+
+fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
+    match cond {
+        Cond::Id(id) => {
+            args.push(Sql::Text(rtype.to_owned()));
+            args.push(Sql::Text(id.clone()));
+            "SELECT rid FROM res WHERE rtype = ? AND id = ? AND deleted = 0".into()
+        }
+        Cond::LastUpdated(range) => {
+            args.push(Sql::Text(rtype.to_owned()));
+            let r = range_sql(range, args, "last_updated", "(last_updated + 1)");
+            let r = if range.negate { format!("NOT ({r})") } else { r };
+            format!("SELECT rid FROM res WHERE rtype = ? AND deleted = 0 AND {r}")
+        }
+        Cond::Tag { param, tag } => {
+            args.push(Sql::Integer(pid(param)));
+            args.push(Sql::Blob(tag.to_vec()));
+            "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".into()
+        }
+        Cond::AllTags { param, tags } => {
+            if tags.is_empty() {
+                return "SELECT rid FROM res WHERE 0".into();
+            }
+            let parts: Vec<String> = tags
+                .iter()
+                .map(|t| {
+                    args.push(Sql::Integer(pid(param)));
+                    args.push(Sql::Blob(t.to_vec()));
+                    "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".to_owned()
+                })
+                .collect();
+            parts.join(" INTERSECT ")
+        }
+        Cond::NoTag { param, tags } => {
+            let mut inner_args = vec![Sql::Integer(pid(param))];
+            let qs: Vec<&str> = tags
+                .iter()
+                .map(|t| {
+                    inner_args.push(Sql::Blob(t.to_vec()));
+                    "?"
+                })
+                .collect();
+            let inner = format!("SELECT rid FROM ix_tag WHERE pid = ? AND tag IN ({})", qs.join(","));
+            not_in(rtype, inner, inner_args, args)
+        }
+        Cond::Ref { param, ttype, tid, url } => {
+            args.push(Sql::Integer(pid(param)));
+            let mut sql = String::from("SELECT rid FROM ix_ref WHERE pid = ?");
+            for (col, v) in [("tid", tid), ("ttype", ttype), ("url", url)] {
+                if !v.is_empty() {
+                    sql.push_str(&format!(" AND {col} = ?"));
+                    args.push(Sql::Text(v.clone()));
+                }
+            }
+            sql
+        }
+        Cond::Date { param, range } => ranged(rtype, "ix_date", param, None, range, args),
+        Cond::Number { param, range } => ranged(rtype, "ix_num", param, None, range, args),
+        Cond::Quantity { param, tag, range } => ranged(rtype, "ix_qty", param, Some(tag), range, args),
+        Cond::Missing { param, kind, missing } => {
+            let table = match kind {
+                IndexKind::Tag => "ix_tag",
+                IndexKind::Ref => "ix_ref",
+                IndexKind::Date => "ix_date",
+                IndexKind::Number => "ix_num",
+                IndexKind::Quantity => "ix_qty",
+            };
+            let inner = format!("SELECT rid FROM {table} WHERE pid = ?");
+            if *missing {
+                not_in(rtype, inner, vec![Sql::Integer(pid(param))], args)
+            } else {
+                args.push(Sql::Integer(pid(param)));
+                inner
+            }
+        }
+        Cond::Chain { param, target, inner } => {
+            args.push(Sql::Integer(pid(param)));
+            args.push(Sql::Text(target.clone()));
+            args.push(Sql::Text(inner.rtype.clone()));
+            let sub = plan_sql(inner, args);
+            format!("SELECT rid FROM ix_ref WHERE pid = ? AND ttype = ? AND tid IN (SELECT id FROM res WHERE rtype = ? AND rid IN ({sub}))")
+        }
+        Cond::Has { param, inner } => {
+            args.push(Sql::Text(rtype.to_owned()));
+            args.push(Sql::Integer(pid(param)));
+            args.push(Sql::Text(rtype.to_owned()));
+            let sub = plan_sql(inner, args);
+            format!(
+                "SELECT rid FROM res WHERE rtype = ? AND deleted = 0 AND id IN \
+                 (SELECT tid FROM ix_ref WHERE pid = ? AND ttype = ? AND rid IN ({sub}))"
+            )
+        }
+        Cond::Nothing => "SELECT rid FROM res WHERE 0".into(),
+    }
+}
+
+fn ranged(
+    rtype: &str,
+    table: &str,
+    param: &ParamRef,
+    tag: Option<&carevault_crypto::BlindTag>,
+    range: &RangeCond,
+    args: &mut Vec<Sql>,
+) -> String {
+    let mut inner_args = vec![Sql::Integer(pid(param))];
+    let mut sql = format!("SELECT rid FROM {table} WHERE pid = ?");
+    if let Some(t) = tag {
+        sql.push_str(" AND tag = ?");
+        inner_args.push(Sql::Blob(t.to_vec()));
+    }
+    let r = range_sql(range, &mut inner_args, "lo", "hi");
+    sql.push_str(&format!(" AND {r}"));
+    if range.negate {
+        not_in(rtype, sql, inner_args, args)
+    } else {
+        args.extend(inner_args);
+        sql
+    }
+}

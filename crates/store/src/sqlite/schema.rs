@@ -1,0 +1,74 @@
+//! The SQLite schema: resources, versions, per-kind index tables, the audit log and system records.
+
+use rusqlite::Connection;
+
+/// Current schema version, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS res (
+    rid INTEGER PRIMARY KEY,
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    UNIQUE (rtype, id)
+);
+CREATE INDEX IF NOT EXISTS res_lu ON res (rtype, last_updated);
+CREATE TABLE IF NOT EXISTS ver (
+    seq INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (rid, version)
+);
+CREATE TABLE IF NOT EXISTS ix_tag (
+    pid INTEGER NOT NULL, tag BLOB NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, tag, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_tag_rid ON ix_tag (rid);
+CREATE TABLE IF NOT EXISTS ix_ref (
+    pid INTEGER NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, tid, ttype, url, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_ref_rid ON ix_ref (rid, pid);
+CREATE TABLE IF NOT EXISTS ix_date (
+    pid INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, lo, hi, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (pid, hi, lo);
+CREATE INDEX IF NOT EXISTS ix_date_rid ON ix_date (rid);
+CREATE TABLE IF NOT EXISTS ix_num (
+    pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, lo, hi, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_num_rid ON ix_num (rid);
+CREATE TABLE IF NOT EXISTS ix_qty (
+    pid INTEGER NOT NULL, tag BLOB NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, tag, lo, hi, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_qty_rid ON ix_qty (rid);
+CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS system_record (
+    kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"#;
+
+/// Creates the schema when missing; refuses a file written by a newer carevault.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if v > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "store schema version {v} is newer than this carevault supports ({SCHEMA_VERSION}); upgrade carevault"
+        )));
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))?;
+    Ok(())
+}
