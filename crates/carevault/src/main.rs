@@ -41,6 +41,8 @@ pub struct DataArg {
 }
 
 fn main() -> ExitCode {
+    // Every file carevault creates (store, WAL, keys, exports) is private to its user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve_cmd::run(args, cli.log_format.as_deref()),
@@ -68,7 +70,10 @@ fn main() -> ExitCode {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
     } else {

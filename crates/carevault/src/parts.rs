@@ -42,10 +42,12 @@ fn restrict(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Wraps the auth services over the store's sealed records.
-pub fn auth(parts: &Parts, issuer_url: &str, token_lifetime_seconds: u64) -> anyhow::Result<carevault_server::AuthService> {
-    carevault_server::AuthService::open(parts.rest.store().clone(), issuer_url, token_lifetime_seconds)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("cannot open the authorization service")
+/// The auth service of a running server (loads or creates the token-signing key).
+pub fn auth(parts: &Parts, fhir_base_url: &str, token_lifetime_seconds: u64) -> anyhow::Result<carevault_auth::AuthService> {
+    carevault_server::records::open_auth(
+        parts.rest.store().clone(),
+        fhir_base_url,
+        std::time::Duration::from_secs(token_lifetime_seconds),
+    )
+    .context("cannot open the authorization service")
 }
-

@@ -60,19 +60,20 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         };
         let auth = crate::parts::auth(&parts, &app_base, config.auth.token_lifetime_seconds)?;
         let master = parts.keys.master_source.to_string();
+        for w in &parts.keys.master_source.warnings {
+            tracing::warn!("{w}");
+        }
         let key_created = parts.keys.created;
         let app = carevault_server::App::new(config, parts.rest, auth);
         println!("carevault is serving {}", app.base_url);
-        println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
         if let Some(pw) = &prepared.admin_password {
             println!("The admin password is in {} (readable by you only).", pw.display());
         }
         if prepared.first_start || key_created {
             println!("The master key is {master}.");
         }
-        tracing::warn!(
-            "the master key is {master}; in production keep it on other media or in a KMS, never beside the data"
-        );
+        println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
+        tracing::warn!("the master key is {master}");
         let handle = carevault_server::serve(app, listener, tls, shutdown_signal()).await;
         if handle.abandoned_connections > 0 {
             tracing::warn!("some connections were still busy when the grace period ended");

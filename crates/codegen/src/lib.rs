@@ -14,7 +14,9 @@ pub const OUTPUT_PATH: &str = "crates/fhir/definitions/r4.json.gz";
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
     /// A definitions file could not be read or written.
-    #[error("cannot access {0}: {1}; pass the folder of the FHIR R4 definitions as the first argument")]
+    #[error(
+        "cannot access {0}: {1}; pass the folder of the FHIR R4 definitions as the first argument"
+    )]
     Io(String, #[source] std::io::Error),
     /// A definitions file is not the JSON it should be.
     #[error("{0} is not valid JSON: {1}")]
@@ -28,7 +30,8 @@ type Result<T> = std::result::Result<T, CodegenError>;
 
 fn read_bundle(dir: &Path, name: &str) -> Result<Value> {
     let path = dir.join(name);
-    let file = std::fs::File::open(&path).map_err(|e| CodegenError::Io(path.display().to_string(), e))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| CodegenError::Io(path.display().to_string(), e))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)
@@ -37,7 +40,11 @@ fn read_bundle(dir: &Path, name: &str) -> Result<Value> {
 }
 
 fn entries(bundle: &Value) -> impl Iterator<Item = &Value> {
-    bundle["entry"].as_array().into_iter().flatten().map(|e| &e["resource"])
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -56,7 +63,11 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
     let search = read_bundle(source, "search-parameters.json.gz")?;
     let compartment = read_bundle(source, "compartmentdefinition-patient.json.gz")?;
     let mut terminology = Vec::new();
-    for name in ["valuesets.json.gz", "v3-codesystems.json.gz", "v2-tables.json.gz"] {
+    for name in [
+        "valuesets.json.gz",
+        "v3-codesystems.json.gz",
+        "v2-tables.json.gz",
+    ] {
         terminology.push(read_bundle(source, name)?);
     }
 
@@ -65,7 +76,9 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
     let mut bindings = BTreeSet::new();
     for sd in entries(&types).chain(entries(&resources)) {
         // The package also carries a few later-version definitions (R4B's SubscriptionStatus).
-        if sd["resourceType"] != "StructureDefinition" || sd["fhirVersion"].as_str().is_some_and(|v| v != "4.0.1") {
+        if sd["resourceType"] != "StructureDefinition"
+            || sd["fhirVersion"].as_str().is_some_and(|v| v != "4.0.1")
+        {
             continue;
         }
         let kind = str_of(sd, "kind");
@@ -85,7 +98,8 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
                 primitives.insert(id.to_string(), Value::String(regex));
             }
             "complex-type" | "resource" => {
-                if kind == "complex-type" && str_of(sd, "type") == "Extension" && id != "Extension" {
+                if kind == "complex-type" && str_of(sd, "type") == "Extension" && id != "Extension"
+                {
                     continue;
                 }
                 let table_kind = if kind == "complex-type" {
@@ -95,8 +109,15 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
                 } else {
                     "resource"
                 };
-                let elements = element_table(sd, table_kind == "resource" || table_kind == "abstract", &mut bindings)?;
-                type_tables.insert(id.to_string(), json!({"kind": table_kind, "elements": elements}));
+                let elements = element_table(
+                    sd,
+                    table_kind == "resource" || table_kind == "abstract",
+                    &mut bindings,
+                )?;
+                type_tables.insert(
+                    id.to_string(),
+                    json!({"kind": table_kind, "elements": elements}),
+                );
             }
             _ => {}
         }
@@ -108,7 +129,12 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
         if let Some(expansion) = expander.expand(url, 0) {
             let systems: Map<String, Value> = expansion
                 .into_iter()
-                .map(|(system, codes)| (system, Value::Array(codes.into_iter().map(Value::String).collect())))
+                .map(|(system, codes)| {
+                    (
+                        system,
+                        Value::Array(codes.into_iter().map(Value::String).collect()),
+                    )
+                })
                 .collect();
             value_sets.insert(url.clone(), Value::Object(systems));
         }
@@ -117,11 +143,11 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
     for table in type_tables.values_mut() {
         if let Some(elements) = table["elements"].as_array_mut() {
             for element in elements {
-                let unknown = element["binding"].as_str().is_some_and(|b| !value_sets.contains_key(b));
-                if unknown {
-                    if let Some(obj) = element.as_object_mut() {
-                        obj.remove("binding");
-                    }
+                let unknown = element["binding"]
+                    .as_str()
+                    .is_some_and(|b| !value_sets.contains_key(b));
+                if unknown && let Some(obj) = element.as_object_mut() {
+                    obj.remove("binding");
                 }
             }
         }
@@ -136,7 +162,12 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
 
     let mut compartment_table = BTreeMap::new();
     for entry in compartment["resource"].as_array().into_iter().flatten() {
-        let params: Vec<Value> = entry["param"].as_array().into_iter().flatten().cloned().collect();
+        let params: Vec<Value> = entry["param"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         if !params.is_empty() {
             compartment_table.insert(str_of(entry, "code").to_string(), Value::Array(params));
         }
@@ -150,15 +181,22 @@ pub fn generate(source: &Path) -> Result<Vec<u8>> {
         "searchParams": search_params,
         "patientCompartment": compartment_table,
     });
-    let text = serde_json::to_string(&tables).map_err(|e| CodegenError::Json("tables".into(), e))?;
-    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    let text =
+        serde_json::to_string(&tables).map_err(|e| CodegenError::Json("tables".into(), e))?;
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
     encoder
         .write_all(text.as_bytes())
         .and_then(|()| encoder.finish())
         .map_err(|e| CodegenError::Io("gzip buffer".into(), e))
 }
 
-fn element_table(sd: &Value, is_resource: bool, bindings: &mut BTreeSet<String>) -> Result<Vec<Value>> {
+fn element_table(
+    sd: &Value,
+    is_resource: bool,
+    bindings: &mut BTreeSet<String>,
+) -> Result<Vec<Value>> {
     let elements = sd["snapshot"]["element"]
         .as_array()
         .ok_or_else(|| CodegenError::Shape(format!("{} has no snapshot", str_of(sd, "id"))))?;
@@ -178,23 +216,24 @@ fn element_table(sd: &Value, is_resource: bool, bindings: &mut BTreeSet<String>)
             let mut codes = Vec::new();
             for t in element["type"].as_array().into_iter().flatten() {
                 let code = str_of(t, "code");
-                let code = if let Some(system) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
-                    let declared = t["extension"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|x| str_of(x, "url").ends_with("structuredefinition-fhir-type"))
-                        .map(|x| str_of(x, "valueUrl"));
-                    if is_resource && depth == 1 && path.ends_with(".id") {
-                        "id".to_string()
-                    } else if let Some(d) = declared {
-                        d.to_string()
+                let code =
+                    if let Some(system) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
+                        let declared = t["extension"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|x| str_of(x, "url").ends_with("structuredefinition-fhir-type"))
+                            .map(|x| str_of(x, "valueUrl"));
+                        if is_resource && depth == 1 && path.ends_with(".id") {
+                            "id".to_string()
+                        } else if let Some(d) = declared {
+                            d.to_string()
+                        } else {
+                            system.to_lowercase()
+                        }
                     } else {
-                        system.to_lowercase()
-                    }
-                } else {
-                    code.to_string()
-                };
+                        code.to_string()
+                    };
                 if !codes.contains(&code) {
                     codes.push(code);
                 }
@@ -207,12 +246,12 @@ fn element_table(sd: &Value, is_resource: bool, bindings: &mut BTreeSet<String>)
         if paths.iter().any(|p| p.starts_with(&prefix)) {
             row.insert("children".into(), json!(true));
         }
-        if element["binding"]["strength"] == "required" {
-            if let Some(vs) = element["binding"]["valueSet"].as_str() {
-                let url = strip_version(vs).to_string();
-                bindings.insert(url.clone());
-                row.insert("binding".into(), json!(url));
-            }
+        if element["binding"]["strength"] == "required"
+            && let Some(vs) = element["binding"]["valueSet"].as_str()
+        {
+            let url = strip_version(vs).to_string();
+            bindings.insert(url.clone());
+            row.insert("binding".into(), json!(url));
         }
         out.push(Value::Object(row));
     }
@@ -244,7 +283,10 @@ impl<'a> ValueSetExpander<'a> {
                 _ => {}
             }
         }
-        Self { value_sets, code_systems }
+        Self {
+            value_sets,
+            code_systems,
+        }
     }
 
     fn system_codes(&self, system: &str) -> Option<BTreeSet<String>> {
@@ -288,7 +330,10 @@ impl<'a> ValueSetExpander<'a> {
             }
             let system = system?;
             let codes = match include["concept"].as_array() {
-                Some(concepts) => concepts.iter().filter_map(|c| c["code"].as_str().map(str::to_string)).collect(),
+                Some(concepts) => concepts
+                    .iter()
+                    .filter_map(|c| c["code"].as_str().map(str::to_string))
+                    .collect(),
                 None => self.system_codes(system)?,
             };
             out.entry(system.to_string()).or_default().extend(codes);
@@ -327,28 +372,54 @@ pub fn split_union(expression: &str) -> Vec<&str> {
 
 fn branch_root(branch: &str) -> &str {
     let b = branch.trim_start_matches('(');
-    let end = b.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(b.len());
+    let end = b
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(b.len());
     &b[..end]
 }
 
-fn search_tables(search: &Value, resource_types: &[String]) -> Result<BTreeMap<String, Vec<Value>>> {
-    let params: Vec<&Value> = entries(search).filter(|r| r["resourceType"] == "SearchParameter").collect();
-    let code_by_url: HashMap<&str, &str> = params.iter().map(|p| (str_of(p, "url"), str_of(p, "code"))).collect();
-    let mut out: BTreeMap<String, Vec<Value>> = resource_types.iter().map(|t| (t.clone(), Vec::new())).collect();
+fn search_tables(
+    search: &Value,
+    resource_types: &[String],
+) -> Result<BTreeMap<String, Vec<Value>>> {
+    let params: Vec<&Value> = entries(search)
+        .filter(|r| r["resourceType"] == "SearchParameter")
+        .collect();
+    let code_by_url: HashMap<&str, &str> = params
+        .iter()
+        .map(|p| (str_of(p, "url"), str_of(p, "code")))
+        .collect();
+    let mut out: BTreeMap<String, Vec<Value>> = resource_types
+        .iter()
+        .map(|t| (t.clone(), Vec::new()))
+        .collect();
     for param in &params {
-        let bases: Vec<&str> = param["base"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let applies: Vec<&String> = if bases.iter().any(|b| *b == "Resource" || *b == "DomainResource") {
+        let bases: Vec<&str> = param["base"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let applies: Vec<&String> = if bases
+            .iter()
+            .any(|b| *b == "Resource" || *b == "DomainResource")
+        {
             resource_types.iter().collect()
         } else {
-            resource_types.iter().filter(|t| bases.contains(&t.as_str())).collect()
+            resource_types
+                .iter()
+                .filter(|t| bases.contains(&t.as_str()))
+                .collect()
         };
         let mut components = Vec::new();
         let mut component_expressions = Vec::new();
         for c in param["component"].as_array().into_iter().flatten() {
             let definition = strip_version(str_of(c, "definition"));
-            let code = code_by_url
-                .get(definition)
-                .ok_or_else(|| CodegenError::Shape(format!("composite component {definition} is not a known SearchParameter")))?;
+            let code = code_by_url.get(definition).ok_or_else(|| {
+                CodegenError::Shape(format!(
+                    "composite component {definition} is not a known SearchParameter"
+                ))
+            })?;
             components.push(json!(code));
             component_expressions.push(json!(str_of(c, "expression")));
         }
@@ -378,7 +449,10 @@ fn search_tables(search: &Value, resource_types: &[String]) -> Result<BTreeMap<S
             }
             if !components.is_empty() {
                 row.insert("components".into(), Value::Array(components.clone()));
-                row.insert("componentExpressions".into(), Value::Array(component_expressions.clone()));
+                row.insert(
+                    "componentExpressions".into(),
+                    Value::Array(component_expressions.clone()),
+                );
             }
             if let Some(list) = out.get_mut(rtype) {
                 list.push(Value::Object(row));
@@ -409,7 +483,10 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let source = root.join("../shared/data/fhir-r4");
         if !source.exists() {
-            eprintln!("note: {} is absent; staleness not checked", source.display());
+            eprintln!(
+                "note: {} is absent; staleness not checked",
+                source.display()
+            );
             return;
         }
         let generated = generate(&source).expect("generation succeeds");
@@ -418,6 +495,10 @@ mod tests {
             generated == checked_in,
             "crates/fhir/definitions/r4.json.gz is stale: run `cargo run -p carevault-codegen`"
         );
-        assert!(generated.len() < 2_000_000, "tables are {} bytes", generated.len());
+        assert!(
+            generated.len() < 2_000_000,
+            "tables are {} bytes",
+            generated.len()
+        );
     }
 }

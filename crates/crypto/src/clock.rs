@@ -10,7 +10,10 @@ pub trait Clock: Send + Sync {
 
     /// The current time as whole seconds since the Unix epoch (0 for times before it).
     fn unix_seconds(&self) -> u64 {
-        self.now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 }
 
@@ -33,7 +36,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `unix_seconds` since the epoch.
     pub fn at_unix(unix_seconds: u64) -> Self {
-        Self { millis: AtomicU64::new(unix_seconds.saturating_mul(1000)) }
+        Self {
+            millis: AtomicU64::new(unix_seconds.saturating_mul(1000)),
+        }
     }
 
     /// Moves the clock forward by `by`.
@@ -44,7 +49,8 @@ impl ManualClock {
 
     /// Sets the clock to `unix_seconds` since the epoch.
     pub fn set_unix(&self, unix_seconds: u64) {
-        self.millis.store(unix_seconds.saturating_mul(1000), Ordering::SeqCst);
+        self.millis
+            .store(unix_seconds.saturating_mul(1000), Ordering::SeqCst);
     }
 }
 

@@ -20,8 +20,8 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock};
 use crate::master::{
-    KdfParams, KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription, create_key_file,
-    key_file_warnings, read_key_file,
+    KdfParams, KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription,
+    create_key_file, key_file_warnings, read_key_file,
 };
 use crate::random::{Random, SystemRng};
 use crate::{CryptoError, Keyring};
@@ -199,7 +199,12 @@ pub fn key_file_path(data_dir: &Path) -> PathBuf {
 /// Opens the keys of `data_dir`, creating the directory, the master key (unless one is given
 /// through the environment) and the data keys on first start. See [`MasterSource::from_env`].
 pub fn open_or_init(data_dir: &Path) -> Result<OpenedKeys, KeyError> {
-    open_or_init_with(data_dir, MasterSource::from_env(data_dir)?, &SystemClock, &SystemRng::new())
+    open_or_init_with(
+        data_dir,
+        MasterSource::from_env(data_dir)?,
+        &SystemClock,
+        &SystemRng::new(),
+    )
 }
 
 /// Like [`open_or_init`] with the master source, clock and random source given.
@@ -262,7 +267,10 @@ pub fn open_or_init_with(
             let mut created = false;
             if !key_path.exists() {
                 if existing.is_some() {
-                    return Err(KeyError::MasterKeyMissing { data_dir: data_dir.into(), expected: key_path });
+                    return Err(KeyError::MasterKeyMissing {
+                        data_dir: data_dir.into(),
+                        expected: key_path,
+                    });
                 }
                 created = create_key_file(&key_path, rng)?;
             }
@@ -279,7 +287,14 @@ pub fn open_or_init_with(
         }
     };
     let kind = provider.describe().kind;
-    open_or_init_with_provider(data_dir, &provider, MasterRecord { kind, kdf }, existing, clock, rng)
+    open_or_init_with_provider(
+        data_dir,
+        &provider,
+        MasterRecord { kind, kdf },
+        existing,
+        clock,
+        rng,
+    )
 }
 
 /// Opens or creates the keys of `data_dir` under any [`KeyProvider`] (the entry point a KMS
@@ -293,7 +308,10 @@ pub fn open_or_init_with_external(
     ensure_private_dir(data_dir)?;
     ensure_private_dir(&data_dir.join("keys"))?;
     let existing = read_doc(&key_file_path(data_dir))?;
-    let master = MasterRecord { kind: provider.describe().kind, kdf: None };
+    let master = MasterRecord {
+        kind: provider.describe().kind,
+        kdf: None,
+    };
     open_or_init_with_provider(data_dir, provider, master, existing, clock, rng)
 }
 
@@ -344,7 +362,10 @@ fn open_or_init_with_provider(
     };
     if !write_new(&path, &doc)? {
         // Another process initialised the directory first: use its keys.
-        let doc = read_doc(&path)?.ok_or_else(|| KeyError::Malformed { path: path.clone(), reason: "vanished".into() })?;
+        let doc = read_doc(&path)?.ok_or_else(|| KeyError::Malformed {
+            path: path.clone(),
+            reason: "vanished".into(),
+        })?;
         return open_doc(&path, &doc, provider);
     }
     let mut opened = open_doc(&path, &doc, provider)?;
@@ -352,8 +373,15 @@ fn open_or_init_with_provider(
     Ok(opened)
 }
 
-fn open_doc(path: &Path, doc: &KeyFileDoc, provider: &dyn KeyProvider) -> Result<OpenedKeys, KeyError> {
-    let malformed = |reason: &str| KeyError::Malformed { path: path.into(), reason: reason.into() };
+fn open_doc(
+    path: &Path,
+    doc: &KeyFileDoc,
+    provider: &dyn KeyProvider,
+) -> Result<OpenedKeys, KeyError> {
+    let malformed = |reason: &str| KeyError::Malformed {
+        path: path.into(),
+        reason: reason.into(),
+    };
     if doc.format != FORMAT {
         return Err(malformed("unknown format version"));
     }
@@ -364,7 +392,9 @@ fn open_doc(path: &Path, doc: &KeyFileDoc, provider: &dyn KeyProvider) -> Result
         Err(e) => return Err(e),
     };
     if !ok {
-        return Err(KeyError::WrongMasterKey { key_id: doc.current_data_key });
+        return Err(KeyError::WrongMasterKey {
+            key_id: doc.current_data_key,
+        });
     }
     let mut ids = std::collections::HashSet::new();
     let mut current = None;
@@ -374,16 +404,26 @@ fn open_doc(path: &Path, doc: &KeyFileDoc, provider: &dyn KeyProvider) -> Result
         if !ids.insert(entry.id) {
             return Err(malformed("a key id appears twice"));
         }
-        let wrapped = unb64(&entry.wrapped).ok_or_else(|| malformed("a wrapped key is not base64"))?;
+        let wrapped =
+            unb64(&entry.wrapped).ok_or_else(|| malformed("a wrapped key is not base64"))?;
         let material = match provider.unwrap(&wrap_context(entry.id, entry.purpose), &wrapped) {
             Ok(m) if m.len() == 32 => m,
-            Ok(_) | Err(KeyError::Unwrap) => return Err(KeyError::Tampered { path: path.into(), key_id: entry.id }),
+            Ok(_) | Err(KeyError::Unwrap) => {
+                return Err(KeyError::Tampered {
+                    path: path.into(),
+                    key_id: entry.id,
+                });
+            }
             Err(e) => return Err(e),
         };
         match entry.purpose {
-            KeyPurpose::Data if entry.id == doc.current_data_key => current = Some((entry.id, material)),
+            KeyPurpose::Data if entry.id == doc.current_data_key => {
+                current = Some((entry.id, material))
+            }
             KeyPurpose::Data => retired.push((entry.id, material)),
-            KeyPurpose::BlindIndex if entry.id == doc.blind_index_key => blind = Some((entry.id, material)),
+            KeyPurpose::BlindIndex if entry.id == doc.blind_index_key => {
+                blind = Some((entry.id, material))
+            }
             KeyPurpose::BlindIndex => {}
         }
     }
@@ -398,7 +438,12 @@ fn open_doc(path: &Path, doc: &KeyFileDoc, provider: &dyn KeyProvider) -> Result
         keys: doc
             .keys
             .iter()
-            .map(|k| KeyInfo { id: k.id, purpose: k.purpose, state: k.state, created_at: k.created_at })
+            .map(|k| KeyInfo {
+                id: k.id,
+                purpose: k.purpose,
+                state: k.state,
+                created_at: k.created_at,
+            })
             .collect(),
     })
 }
@@ -424,9 +469,16 @@ fn read_doc(path: &Path) -> Result<Option<KeyFileDoc>, KeyError> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| KeyError::Malformed { path: path.into(), reason: e.to_string() }),
+            .map_err(|e| KeyError::Malformed {
+                path: path.into(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(KeyError::Io { action: "read the key file", path: path.into(), source }),
+        Err(source) => Err(KeyError::Io {
+            action: "read the key file",
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -439,17 +491,31 @@ fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| KeyError::Io { action: "create the directory", path: dir.into(), source })?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|source| KeyError::Io { action: "restrict the permissions of", path: dir.into(), source })
+        .map_err(|source| KeyError::Io {
+            action: "create the directory",
+            path: dir.into(),
+            source,
+        })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| KeyError::Io {
+        action: "restrict the permissions of",
+        path: dir.into(),
+        source,
+    })
 }
 
 /// A fresh temporary name beside `path` (process id plus random, so racing writers never share one).
 pub(crate) fn unique_temp_path(path: &Path) -> Result<PathBuf, KeyError> {
     let mut r = [0u8; 8];
     SystemRng::new().fill(&mut r)?;
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp-{}-{:016x}", std::process::id(), u64::from_be_bytes(r)));
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(
+        ".tmp-{}-{:016x}",
+        std::process::id(),
+        u64::from_be_bytes(r)
+    ));
     Ok(path.with_file_name(name))
 }
 
@@ -457,16 +523,29 @@ pub(crate) fn unique_temp_path(path: &Path) -> Result<PathBuf, KeyError> {
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), KeyError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| KeyError::Io { action: "flush the directory", path: dir.into(), source })
+        .map_err(|source| KeyError::Io {
+            action: "flush the directory",
+            path: dir.into(),
+            source,
+        })
 }
 
 /// Writes `doc` to a private temporary file, flushed, beside `path`.
 fn write_temp(path: &Path, doc: &KeyFileDoc) -> Result<PathBuf, KeyError> {
     let tmp = unique_temp_path(path)?;
     let tmp_ref = &tmp;
-    let io = |action| move |source| KeyError::Io { action, path: tmp_ref.clone(), source };
+    let io = |action| {
+        move |source| KeyError::Io {
+            action,
+            path: tmp_ref.clone(),
+            source,
+        }
+    };
     let body = Zeroizing::new(
-        serde_json::to_vec_pretty(doc).map_err(|e| KeyError::Malformed { path: path.into(), reason: e.to_string() })?,
+        serde_json::to_vec_pretty(doc).map_err(|e| KeyError::Malformed {
+            path: path.into(),
+            reason: e.to_string(),
+        })?,
     );
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -475,7 +554,8 @@ fn write_temp(path: &Path, doc: &KeyFileDoc) -> Result<PathBuf, KeyError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io("create the temporary key file"))?;
-    f.write_all(&body).map_err(io("write the temporary key file"))?;
+    f.write_all(&body)
+        .map_err(io("write the temporary key file"))?;
     f.sync_all().map_err(io("flush the temporary key file"))?;
     Ok(tmp)
 }
@@ -489,7 +569,13 @@ fn write_new(path: &Path, doc: &KeyFileDoc) -> Result<bool, KeyError> {
     match linked {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(source) => return Err(KeyError::Io { action: "create the key file", path: path.into(), source }),
+        Err(source) => {
+            return Err(KeyError::Io {
+                action: "create the key file",
+                path: path.into(),
+                source,
+            });
+        }
     }
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -501,7 +587,11 @@ fn write_new(path: &Path, doc: &KeyFileDoc) -> Result<bool, KeyError> {
 #[allow(dead_code)] // used by key rotation (issue 5)
 fn write_replace(path: &Path, doc: &KeyFileDoc) -> Result<(), KeyError> {
     let tmp = write_temp(path, doc)?;
-    fs::rename(&tmp, path).map_err(|source| KeyError::Io { action: "replace the key file", path: path.into(), source })?;
+    fs::rename(&tmp, path).map_err(|source| KeyError::Io {
+        action: "replace the key file",
+        path: path.into(),
+        source,
+    })?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -515,7 +605,12 @@ mod tests {
     use secrecy::SecretString;
 
     fn open(dir: &Path, source: MasterSource) -> Result<OpenedKeys, KeyError> {
-        open_or_init_with(dir, source, &ManualClock::at_unix(1_700_000_000), &SystemRng::new())
+        open_or_init_with(
+            dir,
+            source,
+            &ManualClock::at_unix(1_700_000_000),
+            &SystemRng::new(),
+        )
     }
 
     fn default_source(dir: &Path) -> MasterSource {
@@ -532,13 +627,30 @@ mod tests {
         assert_eq!(opened.master_source.kind, MasterKind::DefaultKeyFile);
         let key = tmp.path().join("carevault-data.key");
         assert_eq!(opened.master_source.location, key.display().to_string());
-        assert!(opened.master_source.to_string().contains("beside the data directory"));
+        assert!(
+            opened
+                .master_source
+                .to_string()
+                .contains("beside the data directory")
+        );
         assert_eq!(fs::read(&key).unwrap().len(), 32);
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let kf = key_file_path(&dir);
-        assert_eq!(fs::metadata(&kf).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(fs::metadata(dir.join("keys")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&kf).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(dir.join("keys")).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // nothing left behind but the key file
         assert_eq!(fs::read_dir(dir.join("keys")).unwrap().count(), 1);
         let k = &opened.keyring;
@@ -556,12 +668,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("d");
         let first = open(&dir, default_source(&dir)).unwrap();
-        let sealed = first.keyring.seal(b"Patient/1/_history/1", b"hello").unwrap();
+        let sealed = first
+            .keyring
+            .seal(b"Patient/1/_history/1", b"hello")
+            .unwrap();
         let tag = first.keyring.blind("Patient.family", b"smith");
         let again = open(&dir, default_source(&dir)).unwrap();
         assert!(!again.created);
         assert!(!again.master_source.created);
-        assert_eq!(again.keyring.open(b"Patient/1/_history/1", &sealed).unwrap(), b"hello");
+        assert_eq!(
+            again
+                .keyring
+                .open(b"Patient/1/_history/1", &sealed)
+                .unwrap(),
+            b"hello"
+        );
         assert_eq!(again.keyring.blind("Patient.family", b"smith"), tag);
     }
 
@@ -599,11 +720,18 @@ mod tests {
         let pass = || MasterSource::Passphrase(SecretString::from("a long enough passphrase"));
         let first = open(&dir, pass()).unwrap();
         assert_eq!(first.master_source.kind, MasterKind::Passphrase);
-        assert!(!tmp.path().join("d.key").exists(), "a passphrase needs no key file");
+        assert!(
+            !tmp.path().join("d.key").exists(),
+            "a passphrase needs no key file"
+        );
         let sealed = first.keyring.seal(b"r", b"v").unwrap();
         let again = open(&dir, pass()).unwrap();
         assert_eq!(again.keyring.open(b"r", &sealed).unwrap(), b"v");
-        let wrong = open(&dir, MasterSource::Passphrase(SecretString::from("another passphrase"))).unwrap_err();
+        let wrong = open(
+            &dir,
+            MasterSource::Passphrase(SecretString::from("another passphrase")),
+        )
+        .unwrap_err();
         assert!(matches!(wrong, KeyError::WrongMasterKey { .. }));
         let no_pass = open(&dir, default_source(&dir)).unwrap_err();
         assert!(matches!(no_pass, KeyError::WrongMasterKind(_)), "{no_pass}");
@@ -652,7 +780,10 @@ mod tests {
             v["keys"][0]["wrapped"] = b;
             v["keys"][1]["wrapped"] = a;
         });
-        assert!(matches!(open(&dir, default_source(&dir)), Err(KeyError::Tampered { .. })));
+        assert!(matches!(
+            open(&dir, default_source(&dir)),
+            Err(KeyError::Tampered { .. })
+        ));
         reset();
 
         // Purpose relabelled.
@@ -662,22 +793,37 @@ mod tests {
 
         // Missing blind key, duplicate id, bad base64, garbage, truncation.
         tamper(&dir, |v| v["blind_index_key"] = 9.into());
-        assert!(matches!(open(&dir, default_source(&dir)), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            open(&dir, default_source(&dir)),
+            Err(KeyError::Malformed { .. })
+        ));
         reset();
         tamper(&dir, |v| v["keys"][1]["id"] = 1.into());
         assert!(open(&dir, default_source(&dir)).is_err());
         reset();
         tamper(&dir, |v| v["keys"][0]["wrapped"] = "***".into());
-        assert!(matches!(open(&dir, default_source(&dir)), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            open(&dir, default_source(&dir)),
+            Err(KeyError::Malformed { .. })
+        ));
         reset();
         tamper(&dir, |v| v["check"] = "AAAA".into());
-        assert!(matches!(open(&dir, default_source(&dir)), Err(KeyError::WrongMasterKey { .. })));
+        assert!(matches!(
+            open(&dir, default_source(&dir)),
+            Err(KeyError::WrongMasterKey { .. })
+        ));
         reset();
         fs::write(key_file_path(&dir), &pristine[..pristine.len() / 2]).unwrap();
-        assert!(matches!(open(&dir, default_source(&dir)), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            open(&dir, default_source(&dir)),
+            Err(KeyError::Malformed { .. })
+        ));
         fs::write(key_file_path(&dir), b"\x00\xff garbage").unwrap();
         let err = open(&dir, default_source(&dir)).unwrap_err();
-        assert!(err.to_string().contains("restore it from a backup"), "{err}");
+        assert!(
+            err.to_string().contains("restore it from a backup"),
+            "{err}"
+        );
         reset();
         open(&dir, default_source(&dir)).unwrap();
     }

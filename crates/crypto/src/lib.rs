@@ -16,7 +16,9 @@ pub mod random;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keyfile::{KeyError, KeyPurpose, OpenedKeys, open_or_init, open_or_init_with};
-pub use master::{KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription};
+pub use master::{
+    KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription,
+};
 pub use random::{Random, SystemRng};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -78,7 +80,10 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("current_key_id", &self.current.id)
-            .field("retired_key_ids", &self.retired.iter().map(|k| k.id).collect::<Vec<_>>())
+            .field(
+                "retired_key_ids",
+                &self.retired.iter().map(|k| k.id).collect::<Vec<_>>(),
+            )
             .field("blind_key_id", &self.blind.id)
             .finish_non_exhaustive()
     }
@@ -132,7 +137,9 @@ impl Keyring {
     }
 
     /// Generates fresh random key material of 32 bytes from `rng`.
-    pub fn generate_key_material_with(rng: &dyn Random) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    pub fn generate_key_material_with(
+        rng: &dyn Random,
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let mut k = Zeroizing::new([0u8; 32]);
         rng.fill(&mut k[..])?;
         Ok(k)
@@ -155,7 +162,11 @@ impl Keyring {
         let aad = aad_for(self.current.id, record);
         self.current
             .aead
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), &mut body)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                &mut body,
+            )
             .map_err(|_| CryptoError::InvalidKey("sealing failed"))?;
         out.extend_from_slice(&body);
         Ok(out)
@@ -163,7 +174,10 @@ impl Keyring {
 
     /// Opens a value sealed by [`Keyring::seal`] for the same `record`.
     pub fn open(&self, record: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let fail = |reason| CryptoError::Integrity { record: String::from_utf8_lossy(record).into_owned(), reason };
+        let fail = |reason| CryptoError::Integrity {
+            record: String::from_utf8_lossy(record).into_owned(),
+            reason,
+        };
         if sealed.len() < HEADER_LEN + AES_256_GCM.tag_len() || sealed[0] != SEAL_VERSION {
             return Err(fail("malformed ciphertext"));
         }
@@ -175,7 +189,11 @@ impl Keyring {
         let aad = aad_for(key_id, record);
         let plain_len = key
             .aead
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), &mut body)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                &mut body,
+            )
             .map_err(|_| fail("authentication failed"))?
             .len();
         body.truncate(plain_len);
@@ -211,18 +229,27 @@ impl DataKey {
         // Sub-keys are derived with HMAC under distinct labels, so the AEAD key and the blind-index
         // key never reveal each other even when they come from the same material.
         let enc = derive(material, b"carevault aead v1");
-        let unbound = UnboundKey::new(&AES_256_GCM, &enc[..]).map_err(|_| CryptoError::InvalidKey("bad AES key"))?;
-        Ok(Self { id, aead: LessSafeKey::new(unbound) })
+        let unbound = UnboundKey::new(&AES_256_GCM, &enc[..])
+            .map_err(|_| CryptoError::InvalidKey("bad AES key"))?;
+        Ok(Self {
+            id,
+            aead: LessSafeKey::new(unbound),
+        })
     }
 }
 
 impl BlindKey {
     fn new(id: u32, material: &[u8]) -> Result<Self, CryptoError> {
         if material.len() != 32 {
-            return Err(CryptoError::InvalidKey("a blind-index key must be 32 bytes"));
+            return Err(CryptoError::InvalidKey(
+                "a blind-index key must be 32 bytes",
+            ));
         }
         let mac = derive(material, b"carevault blind v1");
-        Ok(Self { id, mac: hmac::Key::new(hmac::HMAC_SHA256, &mac[..]) })
+        Ok(Self {
+            id,
+            mac: hmac::Key::new(hmac::HMAC_SHA256, &mac[..]),
+        })
     }
 }
 
@@ -267,7 +294,10 @@ mod tests {
         let mut s = k.seal(b"r", b"secret").unwrap();
         let last = s.len() - 1;
         s[last] ^= 1;
-        assert!(matches!(k.open(b"r", &s), Err(CryptoError::Integrity { .. })));
+        assert!(matches!(
+            k.open(b"r", &s),
+            Err(CryptoError::Integrity { .. })
+        ));
     }
 
     #[test]
@@ -282,8 +312,12 @@ mod tests {
     #[test]
     fn blind_tags_survive_data_key_rotation() {
         let before = Keyring::from_parts((1, &[1u8; 32]), &[], (2, &[2u8; 32])).unwrap();
-        let after = Keyring::from_parts((3, &[3u8; 32]), &[(1, &[1u8; 32])], (2, &[2u8; 32])).unwrap();
-        assert_eq!(before.blind("Patient.family", b"smith"), after.blind("Patient.family", b"smith"));
+        let after =
+            Keyring::from_parts((3, &[3u8; 32]), &[(1, &[1u8; 32])], (2, &[2u8; 32])).unwrap();
+        assert_eq!(
+            before.blind("Patient.family", b"smith"),
+            after.blind("Patient.family", b"smith")
+        );
         let sealed = before.seal(b"Patient/1/_history/1", b"x").unwrap();
         assert_eq!(after.open(b"Patient/1/_history/1", &sealed).unwrap(), b"x");
         assert_eq!(after.current_key_id(), 3);

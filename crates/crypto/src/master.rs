@@ -54,9 +54,17 @@ pub struct MasterSourceDescription {
 impl fmt::Display for MasterSourceDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            MasterKind::KeyFile => write!(f, "master key file {} (from {MASTER_KEY_FILE_ENV})", self.location),
+            MasterKind::KeyFile => write!(
+                f,
+                "master key file {} (from {MASTER_KEY_FILE_ENV})",
+                self.location
+            ),
             MasterKind::Passphrase => {
-                write!(f, "master key derived from {PASSPHRASE_ENV} with Argon2id (salt in {})", self.location)
+                write!(
+                    f,
+                    "master key derived from {PASSPHRASE_ENV} with Argon2id (salt in {})",
+                    self.location
+                )
             }
             MasterKind::DefaultKeyFile => write!(
                 f,
@@ -116,17 +124,24 @@ impl KdfParams {
     }
 
     /// Stretches `passphrase` into a master key.
-    pub fn derive(&self, passphrase: &SecretString) -> Result<Zeroizing<[u8; MASTER_KEY_LEN]>, KeyError> {
+    pub fn derive(
+        &self,
+        passphrase: &SecretString,
+    ) -> Result<Zeroizing<[u8; MASTER_KEY_LEN]>, KeyError> {
         use base64::Engine as _;
         if self.alg != "argon2id" {
-            return Err(KeyError::Kdf(format!("unknown key derivation {:?}", self.alg)));
+            return Err(KeyError::Kdf(format!(
+                "unknown key derivation {:?}",
+                self.alg
+            )));
         }
         let salt = base64::engine::general_purpose::STANDARD
             .decode(&self.salt)
             .map_err(|_| KeyError::Kdf("the stored salt is not base64".into()))?;
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(MASTER_KEY_LEN))
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; MASTER_KEY_LEN]);
         argon
             .hash_password_into(passphrase.expose_secret().as_bytes(), &salt, &mut out[..])
@@ -180,7 +195,11 @@ pub fn default_key_file(data_dir: &Path) -> Result<PathBuf, KeyError> {
         data_dir.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|source| KeyError::Io { action: "find the current directory for", path: data_dir.into(), source })?
+            .map_err(|source| KeyError::Io {
+                action: "find the current directory for",
+                path: data_dir.into(),
+                source,
+            })?
             .join(data_dir)
     };
     let mut normal = PathBuf::new();
@@ -199,15 +218,19 @@ pub fn default_key_file(data_dir: &Path) -> Result<PathBuf, KeyError> {
             file.push(".key");
             Ok(parent.join(file))
         }
-        _ => Err(KeyError::NoDefaultKeyPlace { data_dir: data_dir.to_path_buf() }),
+        _ => Err(KeyError::NoDefaultKeyPlace {
+            data_dir: data_dir.to_path_buf(),
+        }),
     }
 }
 
 /// Reads a master key file: exactly 32 raw bytes, or 64 hex characters (surrounding white space allowed).
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; MASTER_KEY_LEN]>, KeyError> {
-    let bytes = Zeroizing::new(
-        fs::read(path).map_err(|source| KeyError::Io { action: "read the master key file", path: path.into(), source })?,
-    );
+    let bytes = Zeroizing::new(fs::read(path).map_err(|source| KeyError::Io {
+        action: "read the master key file",
+        path: path.into(),
+        source,
+    })?);
     let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
     if bytes.len() == MASTER_KEY_LEN {
         key.copy_from_slice(&bytes);
@@ -243,7 +266,13 @@ pub fn create_key_file(path: &Path, rng: &dyn Random) -> Result<bool, KeyError> 
     let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
     rng.fill(&mut key[..])?;
     let tmp = crate::keyfile::unique_temp_path(path)?;
-    let io = |action| move |source| KeyError::Io { action, path: path.into(), source };
+    let io = |action| {
+        move |source| KeyError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    };
     let written = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -287,7 +316,9 @@ pub struct LocalKeyProvider {
 
 impl fmt::Debug for LocalKeyProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalKeyProvider").field("description", &self.description).finish_non_exhaustive()
+        f.debug_struct("LocalKeyProvider")
+            .field("description", &self.description)
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,13 +327,21 @@ const WRAP_LABEL: &[u8] = b"carevault key wrap v1";
 
 impl LocalKeyProvider {
     /// A provider over the 32-byte `master` key, described by `description`.
-    pub fn new(master: &[u8; MASTER_KEY_LEN], description: MasterSourceDescription) -> Result<Self, KeyError> {
+    pub fn new(
+        master: &[u8; MASTER_KEY_LEN],
+        description: MasterSourceDescription,
+    ) -> Result<Self, KeyError> {
         // The wrapping key is a labelled derivative, so the raw master key is never used directly.
         let prk = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, master);
         let kek = Zeroizing::new(aws_lc_rs::hmac::sign(&prk, WRAP_LABEL).as_ref().to_vec());
-        let unbound = UnboundKey::new(&AES_256_GCM, &kek[..])
-            .map_err(|_| KeyError::Crypto(crate::CryptoError::InvalidKey("bad key-encryption key")))?;
-        Ok(Self { kek: LessSafeKey::new(unbound), description, rng: SystemRng::new() })
+        let unbound = UnboundKey::new(&AES_256_GCM, &kek[..]).map_err(|_| {
+            KeyError::Crypto(crate::CryptoError::InvalidKey("bad key-encryption key"))
+        })?;
+        Ok(Self {
+            kek: LessSafeKey::new(unbound),
+            description,
+            rng: SystemRng::new(),
+        })
     }
 }
 
@@ -316,7 +355,11 @@ impl KeyProvider for LocalKeyProvider {
         self.rng.fill(&mut nonce)?;
         let mut body = key.to_vec();
         self.kek
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut body)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut body,
+            )
             .map_err(|_| KeyError::Crypto(crate::CryptoError::InvalidKey("wrapping failed")))?;
         let mut out = Vec::with_capacity(NONCE_LEN + body.len());
         out.extend_from_slice(&nonce);
@@ -334,7 +377,11 @@ impl KeyProvider for LocalKeyProvider {
         let mut body = Zeroizing::new(wrapped[NONCE_LEN..].to_vec());
         let len = self
             .kek
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut body[..])
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut body[..],
+            )
             .map_err(|_| KeyError::Unwrap)?
             .len();
         body.truncate(len);
@@ -347,25 +394,47 @@ mod tests {
     use super::*;
 
     fn desc() -> MasterSourceDescription {
-        MasterSourceDescription { kind: MasterKind::External, location: "test".into(), created: false, warnings: vec![] }
+        MasterSourceDescription {
+            kind: MasterKind::External,
+            location: "test".into(),
+            created: false,
+            warnings: vec![],
+        }
     }
 
     #[test]
     fn default_key_file_is_beside_the_directory() {
-        assert_eq!(default_key_file(Path::new("/srv/cv/data")).unwrap(), PathBuf::from("/srv/cv/data.key"));
-        assert_eq!(default_key_file(Path::new("/srv/cv/data/")).unwrap(), PathBuf::from("/srv/cv/data.key"));
-        assert_eq!(default_key_file(Path::new("/srv/cv/data/./x/..")).unwrap(), PathBuf::from("/srv/cv/data.key"));
+        assert_eq!(
+            default_key_file(Path::new("/srv/cv/data")).unwrap(),
+            PathBuf::from("/srv/cv/data.key")
+        );
+        assert_eq!(
+            default_key_file(Path::new("/srv/cv/data/")).unwrap(),
+            PathBuf::from("/srv/cv/data.key")
+        );
+        assert_eq!(
+            default_key_file(Path::new("/srv/cv/data/./x/..")).unwrap(),
+            PathBuf::from("/srv/cv/data.key")
+        );
         let rel = default_key_file(Path::new("carevault-data")).unwrap();
-        assert_eq!(rel, std::env::current_dir().unwrap().join("carevault-data.key"));
-        assert!(matches!(default_key_file(Path::new("/")), Err(KeyError::NoDefaultKeyPlace { .. })));
+        assert_eq!(
+            rel,
+            std::env::current_dir().unwrap().join("carevault-data.key")
+        );
+        assert!(matches!(
+            default_key_file(Path::new("/")),
+            Err(KeyError::NoDefaultKeyPlace { .. })
+        ));
     }
 
     #[test]
     fn source_order_is_file_then_passphrase_then_default() {
         let d = Path::new("/x/d");
-        let s = MasterSource::from_vars(d, Some("/k".into()), Some(SecretString::from("pw"))).unwrap();
+        let s =
+            MasterSource::from_vars(d, Some("/k".into()), Some(SecretString::from("pw"))).unwrap();
         assert!(matches!(s, MasterSource::KeyFile(p) if p == Path::new("/k")));
-        let s = MasterSource::from_vars(d, Some("".into()), Some(SecretString::from("pw"))).unwrap();
+        let s =
+            MasterSource::from_vars(d, Some("".into()), Some(SecretString::from("pw"))).unwrap();
         assert!(matches!(s, MasterSource::Passphrase(_)));
         let s = MasterSource::from_vars(d, None, Some(SecretString::from(""))).unwrap();
         assert!(matches!(s, MasterSource::DefaultKeyFile(p) if p == Path::new("/x/d.key")));
@@ -383,9 +452,15 @@ mod tests {
         for bad in [&b"short"[..], &[b'z'; 64][..], &[1u8; 33][..]] {
             let p = dir.path().join("bad");
             fs::write(&p, bad).unwrap();
-            assert!(matches!(read_key_file(&p), Err(KeyError::BadKeyFile { .. })));
+            assert!(matches!(
+                read_key_file(&p),
+                Err(KeyError::BadKeyFile { .. })
+            ));
         }
-        assert!(matches!(read_key_file(&dir.path().join("missing")), Err(KeyError::Io { .. })));
+        assert!(matches!(
+            read_key_file(&dir.path().join("missing")),
+            Err(KeyError::Io { .. })
+        ));
     }
 
     #[test]
@@ -394,7 +469,10 @@ mod tests {
         let p = dir.path().join("d.key");
         assert!(create_key_file(&p, &SystemRng::new()).unwrap());
         let first = read_key_file(&p).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(key_file_warnings(&p).is_empty());
         assert!(!create_key_file(&p, &SystemRng::new()).unwrap());
         assert_eq!(*read_key_file(&p).unwrap(), *first);
@@ -417,7 +495,10 @@ mod tests {
         p.m_kib = 1024; // keep the test quick; production uses 64 MiB
         let pw = SecretString::from("correct horse battery staple");
         assert_eq!(*p.derive(&pw).unwrap(), *p.derive(&pw).unwrap());
-        assert_ne!(*p.derive(&pw).unwrap(), *p.derive(&SecretString::from("other")).unwrap());
+        assert_ne!(
+            *p.derive(&pw).unwrap(),
+            *p.derive(&SecretString::from("other")).unwrap()
+        );
         let q = KdfParams::generate(&SystemRng::new()).unwrap();
         let q = KdfParams { m_kib: 1024, ..q };
         assert_ne!(*p.derive(&pw).unwrap(), *q.derive(&pw).unwrap());

@@ -18,10 +18,14 @@ static DEFINITIONS: OnceLock<Result<Definitions, DefinitionsError>> = OnceLock::
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionsError {
     /// The embedded gzip stream is corrupt.
-    #[error("the embedded R4 tables cannot be decompressed: {0}; regenerate them with `cargo run -p carevault-codegen`")]
+    #[error(
+        "the embedded R4 tables cannot be decompressed: {0}; regenerate them with `cargo run -p carevault-codegen`"
+    )]
     Decompress(String),
     /// The embedded JSON is not what the loader expects.
-    #[error("the embedded R4 tables are malformed: {0}; regenerate them with `cargo run -p carevault-codegen`")]
+    #[error(
+        "the embedded R4 tables are malformed: {0}; regenerate them with `cargo run -p carevault-codegen`"
+    )]
     Malformed(String),
 }
 
@@ -212,7 +216,9 @@ pub fn definitions() -> &'static Definitions {
 
 /// The R4 definitions, or why the embedded tables could not be loaded.
 pub fn try_definitions() -> Result<&'static Definitions, &'static DefinitionsError> {
-    DEFINITIONS.get_or_init(|| Definitions::load(TABLES)).as_ref()
+    DEFINITIONS
+        .get_or_init(|| Definitions::load(TABLES))
+        .as_ref()
 }
 
 fn malformed(what: &str) -> DefinitionsError {
@@ -233,22 +239,34 @@ impl Definitions {
         flate2::read::GzDecoder::new(bytes)
             .read_to_string(&mut text)
             .map_err(|e| DefinitionsError::Decompress(e.to_string()))?;
-        let tables: Value = serde_json::from_str(&text).map_err(|e| DefinitionsError::Malformed(e.to_string()))?;
+        let tables: Value =
+            serde_json::from_str(&text).map_err(|e| DefinitionsError::Malformed(e.to_string()))?;
 
         let mut patterns = HashMap::new();
-        for (name, regex) in tables["primitives"].as_object().ok_or_else(|| malformed("primitives"))? {
-            let (Some(primitive), Some(regex)) = (Primitive::from_code(name), regex.as_str()) else {
+        for (name, regex) in tables["primitives"]
+            .as_object()
+            .ok_or_else(|| malformed("primitives"))?
+        {
+            let (Some(primitive), Some(regex)) = (Primitive::from_code(name), regex.as_str())
+            else {
                 continue;
             };
             if regex.is_empty() {
                 continue;
             }
-            let compiled = Regex::new(&format!("^(?:{regex})$")).map_err(|e| malformed(&format!("regex of {name}: {e}")))?;
+            let compiled = Regex::new(&format!("^(?:{regex})$"))
+                .map_err(|e| malformed(&format!("regex of {name}: {e}")))?;
             patterns.insert(primitive, compiled);
         }
 
-        let type_tables = tables["types"].as_object().ok_or_else(|| malformed("types"))?;
-        let type_index: HashMap<String, usize> = type_tables.keys().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        let type_tables = tables["types"]
+            .as_object()
+            .ok_or_else(|| malformed("types"))?;
+        let type_index: HashMap<String, usize> = type_tables
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
         let mut types = Vec::with_capacity(type_tables.len());
         let mut resource_types = Vec::new();
         for (name, table) in type_tables {
@@ -265,10 +283,18 @@ impl Definitions {
         resource_types.sort();
 
         let mut value_sets = HashMap::new();
-        for (url, systems) in tables["valueSets"].as_object().ok_or_else(|| malformed("valueSets"))? {
+        for (url, systems) in tables["valueSets"]
+            .as_object()
+            .ok_or_else(|| malformed("valueSets"))?
+        {
             let mut vs = ValueSet::default();
             for (system, codes) in systems.as_object().ok_or_else(|| malformed("value set"))? {
-                let codes: HashSet<String> = codes.as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_string)).collect();
+                let codes: HashSet<String> = codes
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect();
                 vs.codes.extend(codes.iter().cloned());
                 vs.systems.insert(system.clone(), codes);
             }
@@ -276,35 +302,71 @@ impl Definitions {
         }
 
         let mut search = HashMap::new();
-        for (rtype, params) in tables["searchParams"].as_object().ok_or_else(|| malformed("searchParams"))? {
-            let list = params.as_array().into_iter().flatten().map(Self::load_search_param).collect::<Result<Vec<_>, _>>()?;
+        for (rtype, params) in tables["searchParams"]
+            .as_object()
+            .ok_or_else(|| malformed("searchParams"))?
+        {
+            let list = params
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Self::load_search_param)
+                .collect::<Result<Vec<_>, _>>()?;
             search.insert(rtype.clone(), list);
         }
         let mut compartment = HashMap::new();
-        for (rtype, params) in tables["patientCompartment"].as_object().ok_or_else(|| malformed("patientCompartment"))? {
+        for (rtype, params) in tables["patientCompartment"]
+            .as_object()
+            .ok_or_else(|| malformed("patientCompartment"))?
+        {
             let codes = strings(params);
             compartment.insert(rtype.clone(), codes);
         }
-        Ok(Self { types, type_index, resource_types, patterns, value_sets, search, compartment })
+        Ok(Self {
+            types,
+            type_index,
+            resource_types,
+            patterns,
+            value_sets,
+            search,
+            compartment,
+        })
     }
 
-    fn load_type(name: &str, kind: TypeKind, table: &Value, type_index: &HashMap<String, usize>) -> Result<TypeDef, DefinitionsError> {
-        let elements = table["elements"].as_array().ok_or_else(|| malformed("elements"))?;
+    fn load_type(
+        name: &str,
+        kind: TypeKind,
+        table: &Value,
+        type_index: &HashMap<String, usize>,
+    ) -> Result<TypeDef, DefinitionsError> {
+        let elements = table["elements"]
+            .as_array()
+            .ok_or_else(|| malformed("elements"))?;
         let mut node_of_path: HashMap<&str, usize> = HashMap::new();
         // Constrained types (Age, SimpleQuantity) keep their base type's name in element paths.
-        let root = elements.first().and_then(|e| e["path"].as_str()).and_then(|p| p.split('.').next()).unwrap_or(name);
+        let root = elements
+            .first()
+            .and_then(|e| e["path"].as_str())
+            .and_then(|p| p.split('.').next())
+            .unwrap_or(name);
         node_of_path.insert(root, 0);
         for element in elements {
             if element["children"] == true {
-                let path = element["path"].as_str().ok_or_else(|| malformed("element path"))?;
+                let path = element["path"]
+                    .as_str()
+                    .ok_or_else(|| malformed("element path"))?;
                 let next = node_of_path.len();
                 node_of_path.insert(path, next);
             }
         }
         let mut nodes = vec![Node::default(); node_of_path.len()];
         for element in elements {
-            let path = element["path"].as_str().ok_or_else(|| malformed("element path"))?;
-            let Some((parent, element_name)) = path.rsplit_once('.') else { continue };
+            let path = element["path"]
+                .as_str()
+                .ok_or_else(|| malformed("element path"))?;
+            let Some((parent, element_name)) = path.rsplit_once('.') else {
+                continue;
+            };
             let Some(&parent_node) = node_of_path.get(parent) else {
                 return Err(malformed(&format!("{path} has no parent element")));
             };
@@ -315,8 +377,14 @@ impl Definitions {
             let binding = element["binding"].as_str().map(str::to_string);
             let mut variants: Vec<(String, ElementType, String)> = Vec::new();
             if let Some(reference) = element["ref"].as_str() {
-                let node = *node_of_path.get(reference).ok_or_else(|| malformed(&format!("content reference {reference}")))?;
-                variants.push((element_name.to_string(), ElementType::Backbone(node), "BackboneElement".into()));
+                let node = *node_of_path
+                    .get(reference)
+                    .ok_or_else(|| malformed(&format!("content reference {reference}")))?;
+                variants.push((
+                    element_name.to_string(),
+                    ElementType::Backbone(node),
+                    "BackboneElement".into(),
+                ));
             } else {
                 let codes = strings(&element["types"]);
                 let choice = element_name.strip_suffix("[x]");
@@ -348,16 +416,31 @@ impl Definitions {
                     }
                     names.push(json_name.clone());
                 }
-                node.required.push(Required { element: element_name.to_string(), names });
+                node.required.push(Required {
+                    element: element_name.to_string(),
+                    names,
+                });
             }
             for (json_name, ty, type_code) in variants {
                 node.children.insert(
                     json_name,
-                    Child { element: element_name.to_string(), ty, type_code, min, many, max, binding: binding.clone() },
+                    Child {
+                        element: element_name.to_string(),
+                        ty,
+                        type_code,
+                        min,
+                        many,
+                        max,
+                        binding: binding.clone(),
+                    },
                 );
             }
         }
-        Ok(TypeDef { name: name.to_string(), kind, nodes })
+        Ok(TypeDef {
+            name: name.to_string(),
+            kind,
+            nodes,
+        })
     }
 
     fn load_search_param(row: &Value) -> Result<SearchParam, DefinitionsError> {
@@ -374,7 +457,10 @@ impl Definitions {
             other => return Err(malformed(&format!("search parameter type {other:?}"))),
         };
         Ok(SearchParam {
-            code: row["code"].as_str().ok_or_else(|| malformed("search parameter code"))?.to_string(),
+            code: row["code"]
+                .as_str()
+                .ok_or_else(|| malformed("search parameter code"))?
+                .to_string(),
             kind,
             expression: row["expression"].as_str().map(str::to_string),
             targets: strings(&row["targets"]),
@@ -385,7 +471,8 @@ impl Definitions {
 
     /// Whether `name` is a concrete R4 resource type.
     pub fn is_resource_type(&self, name: &str) -> bool {
-        self.type_def(name).is_some_and(|t| t.kind == TypeKind::Resource)
+        self.type_def(name)
+            .is_some_and(|t| t.kind == TypeKind::Resource)
     }
 
     /// Every concrete R4 resource type, sorted.
@@ -406,7 +493,10 @@ impl Definitions {
     /// The search parameters that place a resource of this type in a Patient's compartment
     /// (empty when the type is never in one).
     pub fn compartment_params(&self, rtype: &str) -> &[String] {
-        self.compartment.get(rtype).map(Vec::as_slice).unwrap_or(&[])
+        self.compartment
+            .get(rtype)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The element tree of a resource or complex type.
@@ -431,7 +521,11 @@ impl Definitions {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
@@ -441,7 +535,11 @@ mod tests {
     #[test]
     fn embedded_tables_load() {
         let d = try_definitions().expect("embedded tables load");
-        assert_eq!(d.resource_types().count(), 146, "145 types of the R4 list plus Parameters");
+        assert_eq!(
+            d.resource_types().count(),
+            146,
+            "145 types of the R4 list plus Parameters"
+        );
         assert!(d.is_resource_type("Patient"));
         assert!(!d.is_resource_type("HumanName"));
         assert!(!d.is_resource_type("Resource"));
@@ -459,9 +557,13 @@ mod tests {
 
     #[test]
     fn content_references_point_at_the_backbone() {
-        let q = definitions().type_def("Questionnaire").expect("Questionnaire");
+        let q = definitions()
+            .type_def("Questionnaire")
+            .expect("Questionnaire");
         let item = q.nodes[0].children.get("item").expect("item");
-        let ElementType::Backbone(node) = item.ty else { panic!("item is a backbone") };
+        let ElementType::Backbone(node) = item.ty else {
+            panic!("item is a backbone")
+        };
         let nested = q.nodes[node].children.get("item").expect("nested item");
         assert_eq!(nested.ty, item.ty);
     }
@@ -471,25 +573,43 @@ mod tests {
         let d = definitions();
         let code = d.search_param("Condition", "code").expect("Condition.code");
         assert_eq!(code.expression.as_deref(), Some("Condition.code"));
-        for common in ["_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"] {
+        for common in [
+            "_id",
+            "_lastUpdated",
+            "_tag",
+            "_profile",
+            "_security",
+            "_source",
+        ] {
             assert!(d.search_param("Encounter", common).is_some(), "{common}");
         }
-        let composite = d.search_param("Observation", "code-value-quantity").expect("composite");
+        let composite = d
+            .search_param("Observation", "code-value-quantity")
+            .expect("composite");
         assert_eq!(composite.components, vec!["code", "value-quantity"]);
     }
 
     #[test]
     fn patient_compartment_lists_params() {
         let d = definitions();
-        assert!(d.compartment_params("Observation").iter().any(|p| p == "subject"));
+        assert!(
+            d.compartment_params("Observation")
+                .iter()
+                .any(|p| p == "subject")
+        );
         assert!(d.compartment_params("Practitioner").is_empty());
     }
 
     #[test]
     fn required_bindings_are_expanded() {
         let d = definitions();
-        let status = d.type_def("Encounter").and_then(|t| t.nodes[0].children.get("status")).expect("status");
-        let vs = d.value_set(status.binding.as_deref().expect("bound")).expect("expanded");
+        let status = d
+            .type_def("Encounter")
+            .and_then(|t| t.nodes[0].children.get("status"))
+            .expect("status");
+        let vs = d
+            .value_set(status.binding.as_deref().expect("bound"))
+            .expect("expanded");
         assert!(vs.codes.contains("finished"));
     }
 }

@@ -13,7 +13,9 @@ pub mod narrative;
 pub mod validate;
 
 pub use definitions::{Definitions, DefinitionsError, definitions, try_definitions};
-pub use index::{IndexEntry, IndexValue, extract_index, normalize_string, patient_compartment_refs};
+pub use index::{
+    IndexEntry, IndexValue, extract_index, normalize_string, patient_compartment_refs,
+};
 pub use validate::{Issue, IssueSeverity, validate};
 
 /// The kind of a search parameter, as in `SearchParameter.type`.

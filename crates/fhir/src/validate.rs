@@ -39,14 +39,21 @@ const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// Validates a resource (any R4 type, including Bundles with their entries) and returns every
 /// problem found; no issue of severity error or fatal means the resource is valid.
 pub fn validate(resource: &Value) -> Vec<Issue> {
-    let mut validator = Validator { defs: definitions(), issues: Vec::new(), path: String::with_capacity(128), contained_ids: Vec::new() };
+    let mut validator = Validator {
+        defs: definitions(),
+        issues: Vec::new(),
+        path: String::with_capacity(128),
+        contained_ids: Vec::new(),
+    };
     validator.resource(resource, false);
     validator.issues
 }
 
 /// Whether a list of issues holds an error or a fatal problem.
 pub fn has_errors(issues: &[Issue]) -> bool {
-    issues.iter().any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+    issues
+        .iter()
+        .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
 }
 
 struct Validator<'v> {
@@ -59,7 +66,12 @@ struct Validator<'v> {
 
 impl<'v> Validator<'v> {
     fn error(&mut self, code: &'static str, diagnostics: String) {
-        self.issues.push(Issue { severity: IssueSeverity::Error, code, diagnostics, expression: self.path.clone() });
+        self.issues.push(Issue {
+            severity: IssueSeverity::Error,
+            code,
+            diagnostics,
+            expression: self.path.clone(),
+        });
     }
 
     fn resource(&mut self, value: &'v Value, contained: bool) {
@@ -68,18 +80,31 @@ impl<'v> Validator<'v> {
             return;
         };
         let Some(rtype) = map.get("resourceType").and_then(Value::as_str) else {
-            self.error("structure", "The resource has no resourceType; add the name of its type.".into());
+            self.error(
+                "structure",
+                "The resource has no resourceType; add the name of its type.".into(),
+            );
             return;
         };
-        let Some(def) = self.defs.type_def(rtype).filter(|_| self.defs.is_resource_type(rtype)) else {
-            self.error("structure", format!("'{rtype}' is not an R4 resource type."));
+        let Some(def) = self
+            .defs
+            .type_def(rtype)
+            .filter(|_| self.defs.is_resource_type(rtype))
+        else {
+            self.error(
+                "structure",
+                format!("'{rtype}' is not an R4 resource type."),
+            );
             return;
         };
         if self.path.is_empty() {
             self.path.push_str(rtype);
         }
         if contained && map.contains_key("contained") {
-            self.error("structure", "A contained resource cannot itself contain resources.".into());
+            self.error(
+                "structure",
+                "A contained resource cannot itself contain resources.".into(),
+            );
         }
         let ids = map
             .get("contained")
@@ -96,7 +121,13 @@ impl<'v> Validator<'v> {
         self.contained_ids.pop();
     }
 
-    fn object(&mut self, map: &'v Map<String, Value>, def: &'static TypeDef, node: usize, resource_root: bool) {
+    fn object(
+        &mut self,
+        map: &'v Map<String, Value>,
+        def: &'static TypeDef,
+        node: usize,
+        resource_root: bool,
+    ) {
         let node_def = &def.nodes[node];
         let base = self.path.len();
         for (key, value) in map {
@@ -108,27 +139,38 @@ impl<'v> Validator<'v> {
                 None => (key.as_str(), false),
             };
             let Some(child) = node_def.children.get(name) else {
+                let _ = write!(self.path, ".{key}");
                 self.error("structure", format!("Unrecognized property '{key}'."));
+                self.path.truncate(base);
                 continue;
             };
             if underscore {
                 let ElementType::Primitive(_) = child.ty else {
+                    let _ = write!(self.path, ".{key}");
                     self.error("structure", format!("Unrecognized property '{key}': only primitive elements have a '_' sibling."));
+                    self.path.truncate(base);
                     continue;
                 };
                 if resource_root && name == "id" {
                     let _ = write!(self.path, ".{name}");
-                    self.error("structure", "Extensions are not allowed on the resource id.".into());
+                    self.error(
+                        "structure",
+                        "Extensions are not allowed on the resource id.".into(),
+                    );
                     self.path.truncate(base);
                     continue;
                 }
                 let values = map.get(name);
-                if let (Some(Value::Array(exts)), Some(Value::Array(vals))) = (value.as_array().map(|_| value), values) {
-                    if exts.len() != vals.len() {
-                        let _ = write!(self.path, ".{name}");
-                        self.error("structure", format!("The arrays '{name}' and '_{name}' must have the same length."));
-                        self.path.truncate(base);
-                    }
+                if let (Some(Value::Array(exts)), Some(Value::Array(vals))) =
+                    (value.as_array().map(|_| value), values)
+                    && exts.len() != vals.len()
+                {
+                    let _ = write!(self.path, ".{name}");
+                    self.error(
+                        "structure",
+                        format!("The arrays '{name}' and '_{name}' must have the same length."),
+                    );
+                    self.path.truncate(base);
                 }
                 self.primitive_extensions(name, value, child);
             } else {
@@ -138,34 +180,62 @@ impl<'v> Validator<'v> {
         }
         for required in &node_def.required {
             if !required.names.iter().any(|n| map.contains_key(n.as_str())) {
-                self.error("required", format!("The element '{}' is required (minimum cardinality 1) but is missing.", required.element));
+                self.error(
+                    "required",
+                    format!(
+                        "The element '{}' is required (minimum cardinality 1) but is missing.",
+                        required.element
+                    ),
+                );
             }
         }
     }
 
-    fn property(&mut self, map: &'v Map<String, Value>, name: &str, value: &'v Value, child: &'static Child, def: &'static TypeDef) {
+    fn property(
+        &mut self,
+        map: &'v Map<String, Value>,
+        name: &str,
+        value: &'v Value,
+        child: &'static Child,
+        def: &'static TypeDef,
+    ) {
         let base = self.path.len();
         if child.many {
             let Value::Array(items) = value else {
                 let _ = write!(self.path, ".{name}");
-                self.error("structure", format!("The property '{name}' must be a JSON array, not a single value."));
+                self.error(
+                    "structure",
+                    format!("The property '{name}' must be a JSON array, not a single value."),
+                );
                 return;
             };
             if items.is_empty() {
                 let _ = write!(self.path, ".{name}");
-                self.error("structure", "An array cannot be empty; leave the property out instead.".into());
+                self.error(
+                    "structure",
+                    "An array cannot be empty; leave the property out instead.".into(),
+                );
                 return;
             }
             if let Some(max) = child.max.filter(|m| items.len() > *m as usize) {
                 let _ = write!(self.path, ".{name}");
-                self.error("structure", format!("The property '{name}' has {} values but at most {max} are allowed.", items.len()));
+                self.error(
+                    "structure",
+                    format!(
+                        "The property '{name}' has {} values but at most {max} are allowed.",
+                        items.len()
+                    ),
+                );
                 self.path.truncate(base);
             }
             for (i, item) in items.iter().enumerate() {
                 let _ = write!(self.path, ".{name}[{i}]");
                 if item.is_null() {
                     let has_extension = matches!(child.ty, ElementType::Primitive(_))
-                        && map.get(&format!("_{name}")).and_then(|e| e.get(i)).is_some_and(|e| !e.is_null());
+                        && map
+                            .get(&format!("_{name}"))
+                            .and_then(|e| e.get(i))
+                            .is_some_and(|e| !e.is_null());
                     if !has_extension {
                         self.error("structure", "A null array entry is only allowed where the '_' sibling gives extensions for it.".into());
                     }
@@ -177,7 +247,10 @@ impl<'v> Validator<'v> {
         } else {
             let _ = write!(self.path, ".{name}");
             if value.is_array() {
-                self.error("structure", format!("The property '{name}' must be a single value, not a JSON array."));
+                self.error(
+                    "structure",
+                    format!("The property '{name}' must be a single value, not a JSON array."),
+                );
                 return;
             }
             self.value(value, child, def);
@@ -188,7 +261,9 @@ impl<'v> Validator<'v> {
         match child.ty {
             ElementType::Primitive(p) => self.primitive(value, p, child),
             ElementType::Complex(index) => {
-                let Some(map) = self.non_empty_object(value) else { return };
+                let Some(map) = self.non_empty_object(value) else {
+                    return;
+                };
                 let complex = self.defs.type_def_at(index);
                 self.object(map, complex, 0, false);
                 self.complex_rules(map, complex, child);
@@ -206,7 +281,10 @@ impl<'v> Validator<'v> {
         match value {
             Value::Object(map) if !map.is_empty() => Some(map),
             Value::Object(_) => {
-                self.error("structure", "An object must have at least one property; leave it out instead.".into());
+                self.error(
+                    "structure",
+                    "An object must have at least one property; leave it out instead.".into(),
+                );
                 None
             }
             _ => {
@@ -236,7 +314,10 @@ impl<'v> Validator<'v> {
             }
             _ if child.many => {
                 let _ = write!(self.path, "._{name}");
-                self.error("structure", format!("The property '_{name}' must be a JSON array."));
+                self.error(
+                    "structure",
+                    format!("The property '_{name}' must be a JSON array."),
+                );
             }
             _ => {
                 let _ = write!(self.path, "._{name}");
@@ -248,8 +329,14 @@ impl<'v> Validator<'v> {
     fn primitive(&mut self, value: &'v Value, p: Primitive, child: &Child) {
         match (p, value) {
             (Primitive::Boolean, Value::Bool(_)) => {}
-            (Primitive::Boolean, _) => self.error("structure", "The value must be a JSON boolean (true or false).".into()),
-            (Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt, Value::Number(n)) => {
+            (Primitive::Boolean, _) => self.error(
+                "structure",
+                "The value must be a JSON boolean (true or false).".into(),
+            ),
+            (
+                Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt,
+                Value::Number(n),
+            ) => {
                 let text = n.to_string();
                 let fits = text.parse::<i32>().ok().filter(|v| match p {
                     Primitive::UnsignedInt => *v >= 0,
@@ -257,7 +344,13 @@ impl<'v> Validator<'v> {
                     _ => true,
                 });
                 if fits.is_none() {
-                    self.error("value", format!("The value {text} is not a valid {} (a whole number in range).", p.code()));
+                    self.error(
+                        "value",
+                        format!(
+                            "The value {text} is not a valid {} (a whole number in range).",
+                            p.code()
+                        ),
+                    );
                 }
             }
             (Primitive::Decimal, Value::Number(n)) => {
@@ -266,26 +359,52 @@ impl<'v> Validator<'v> {
                     self.error("value", format!("The value {text} is not a valid decimal."));
                 }
             }
-            (Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt | Primitive::Decimal, _) => {
-                self.error("structure", format!("A {} must be a JSON number, not a string or other value.", p.code()));
+            (
+                Primitive::Integer
+                | Primitive::UnsignedInt
+                | Primitive::PositiveInt
+                | Primitive::Decimal,
+                _,
+            ) => {
+                self.error(
+                    "structure",
+                    format!(
+                        "A {} must be a JSON number, not a string or other value.",
+                        p.code()
+                    ),
+                );
             }
             (_, Value::String(s)) => self.string_primitive(s, p, child),
-            (_, Value::Null) => self.error("structure", "null is not allowed; leave the property out instead.".into()),
-            _ => self.error("structure", format!("A {} must be a JSON string.", p.code())),
+            (_, Value::Null) => self.error(
+                "structure",
+                "null is not allowed; leave the property out instead.".into(),
+            ),
+            _ => self.error(
+                "structure",
+                format!("A {} must be a JSON string.", p.code()),
+            ),
         }
     }
 
     fn string_primitive(&mut self, s: &str, p: Primitive, child: &Child) {
         if s.is_empty() {
-            self.error("value", "An empty string is not allowed; leave the property out instead.".into());
+            self.error(
+                "value",
+                "An empty string is not allowed; leave the property out instead.".into(),
+            );
             return;
         }
         if s.len() > MAX_STRING_BYTES {
-            self.error("too-long", "The value is longer than the maximum of 1 MB.".into());
+            self.error(
+                "too-long",
+                "The value is longer than the maximum of 1 MB.".into(),
+            );
             return;
         }
         let ok = match p {
-            Primitive::Uri | Primitive::Url | Primitive::Canonical => !s.contains(char::is_whitespace),
+            Primitive::Uri | Primitive::Url | Primitive::Canonical => {
+                !s.contains(char::is_whitespace)
+            }
             Primitive::Base64Binary => is_base64(s),
             Primitive::String | Primitive::Markdown => true,
             Primitive::Xhtml => {
@@ -298,18 +417,27 @@ impl<'v> Validator<'v> {
             _ => self.defs.pattern(p).is_none_or(|re| re.is_match(s)),
         };
         if !ok {
-            self.error("value", format!("The value '{}' is not a valid {}.", shorten(s), p.code()));
+            self.error(
+                "value",
+                format!("The value '{}' is not a valid {}.", shorten(s), p.code()),
+            );
             return;
         }
-        if p == Primitive::Code {
-            if let Some(vs) = child.binding.as_deref().and_then(|url| self.defs.value_set(url)) {
-                if !vs.codes.contains(s) {
-                    self.error(
-                        "code-invalid",
-                        format!("The code '{}' is not in the required value set {}.", shorten(s), child.binding.as_deref().unwrap_or("")),
-                    );
-                }
-            }
+        if p == Primitive::Code
+            && let Some(vs) = child
+                .binding
+                .as_deref()
+                .and_then(|url| self.defs.value_set(url))
+            && !vs.codes.contains(s)
+        {
+            self.error(
+                "code-invalid",
+                format!(
+                    "The code '{}' is not in the required value set {}.",
+                    shorten(s),
+                    child.binding.as_deref().unwrap_or("")
+                ),
+            );
         }
     }
 
@@ -323,19 +451,28 @@ impl<'v> Validator<'v> {
             "Extension" => {
                 let has_value = map.keys().any(|k| k.starts_with("value"));
                 if has_value && map.contains_key("extension") {
-                    self.error("structure", "An extension cannot have both a value and nested extensions.".into());
+                    self.error(
+                        "structure",
+                        "An extension cannot have both a value and nested extensions.".into(),
+                    );
                 }
-                if let Some(url) = map.get("url").and_then(Value::as_str) {
-                    if url.contains('|') {
-                        self.error("value", "An extension URL must not carry a version ('|').".into());
-                    }
+                if let Some(url) = map.get("url").and_then(Value::as_str)
+                    && url.contains('|')
+                {
+                    self.error(
+                        "value",
+                        "An extension URL must not carry a version ('|').".into(),
+                    );
                 }
             }
             "Attachment" => {
-                if let (Some(data), Some(size)) = (map.get("data").and_then(Value::as_str), map.get("size").and_then(Value::as_u64)) {
-                    if is_base64(data) && base64_decoded_len(data) as u64 != size {
-                        self.error("value", format!("The stated attachment size {size} does not match the size of its data ({}).", base64_decoded_len(data)));
-                    }
+                if let (Some(data), Some(size)) = (
+                    map.get("data").and_then(Value::as_str),
+                    map.get("size").and_then(Value::as_u64),
+                ) && is_base64(data)
+                    && base64_decoded_len(data) as u64 != size
+                {
+                    self.error("value", format!("The stated attachment size {size} does not match the size of its data ({}).", base64_decoded_len(data)));
                 }
             }
             "Coding" | "CodeableConcept" => {
@@ -348,11 +485,18 @@ impl<'v> Validator<'v> {
     }
 
     fn coded_binding(&mut self, map: &'v Map<String, Value>, single: bool, url: &str) {
-        let Some(vs) = self.defs.value_set(url) else { return };
+        let Some(vs) = self.defs.value_set(url) else {
+            return;
+        };
         let codings: Vec<&Map<String, Value>> = if single {
             vec![map]
         } else {
-            map.get("coding").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object).collect()
+            map.get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .collect()
         };
         let mut matched = false;
         let mut wrong_code = None;
@@ -370,7 +514,10 @@ impl<'v> Validator<'v> {
             return;
         }
         let diagnostics = match wrong_code {
-            Some(code) => format!("The code '{}' is not in the required value set {url}.", shorten(code)),
+            Some(code) => format!(
+                "The code '{}' is not in the required value set {url}.",
+                shorten(code)
+            ),
             None => format!("No code from the required value set {url} is given."),
         };
         self.error("code-invalid", diagnostics);
@@ -378,13 +525,28 @@ impl<'v> Validator<'v> {
 
     fn reference(&mut self, reference: &str) {
         if let Some(id) = reference.strip_prefix('#') {
-            let resolves = id.is_empty() || self.contained_ids.iter().rev().take(2).any(|ids| ids.contains(&id));
+            let resolves = id.is_empty()
+                || self
+                    .contained_ids
+                    .iter()
+                    .rev()
+                    .take(2)
+                    .any(|ids| ids.contains(&id));
             if !resolves {
-                self.error("invalid", format!("The reference '#{}' does not match a contained resource.", shorten(id)));
+                self.error(
+                    "invalid",
+                    format!(
+                        "The reference '#{}' does not match a contained resource.",
+                        shorten(id)
+                    ),
+                );
             }
             return;
         }
-        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") || reference.contains("://") {
+        if reference.starts_with("urn:uuid:")
+            || reference.starts_with("urn:oid:")
+            || reference.contains("://")
+        {
             return;
         }
         let (head, query) = match reference.split_once('?') {
@@ -397,7 +559,10 @@ impl<'v> Validator<'v> {
                 let mut parts = head.split('/');
                 let rtype = parts.next().unwrap_or("");
                 let id = parts.next().unwrap_or("");
-                let id_ok = self.defs.pattern(Primitive::Id).is_none_or(|re| re.is_match(id));
+                let id_ok = self
+                    .defs
+                    .pattern(Primitive::Id)
+                    .is_none_or(|re| re.is_match(id));
                 let history_ok = match (parts.next(), parts.next(), parts.next()) {
                     (None, _, _) => true,
                     (Some("_history"), Some(v), None) => !v.is_empty(),
@@ -416,21 +581,45 @@ impl<'v> Validator<'v> {
 
     fn bundle_rules(&mut self, map: &'v Map<String, Value>) {
         let base = self.path.len();
-        for (i, entry) in map.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
-                if !full_url.contains(':') {
-                    let _ = write!(self.path, ".entry[{i}].fullUrl");
-                    self.error("invalid", format!("The fullUrl '{}' must be an absolute URL.", shorten(full_url)));
-                    self.path.truncate(base);
-                }
+        for (i, entry) in map
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str)
+                && !full_url.contains(':')
+            {
+                let _ = write!(self.path, ".entry[{i}].fullUrl");
+                self.error(
+                    "invalid",
+                    format!(
+                        "The fullUrl '{}' must be an absolute URL.",
+                        shorten(full_url)
+                    ),
+                );
+                self.path.truncate(base);
             }
         }
         let mut relations: Vec<&str> = Vec::new();
-        for (i, link) in map.get("link").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, link) in map
+            .get("link")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if let Some(relation) = link.get("relation").and_then(Value::as_str) {
                 if relations.contains(&relation) {
                     let _ = write!(self.path, ".link[{i}]");
-                    self.error("invalid", format!("The link relation '{}' can occur only once.", shorten(relation)));
+                    self.error(
+                        "invalid",
+                        format!(
+                            "The link relation '{}' can occur only once.",
+                            shorten(relation)
+                        ),
+                    );
                     self.path.truncate(base);
                 }
                 relations.push(relation);
@@ -454,12 +643,17 @@ fn is_base64(s: &str) -> bool {
             _ => return false,
         }
     }
-    count % 4 == 0 && padding <= 2
+    count.is_multiple_of(4) && padding <= 2
 }
 
 fn base64_decoded_len(s: &str) -> usize {
     let count = s.bytes().filter(|b| !b.is_ascii_whitespace()).count();
-    let padding = s.bytes().rev().filter(|b| !b.is_ascii_whitespace()).take_while(|b| *b == b'=').count();
+    let padding = s
+        .bytes()
+        .rev()
+        .filter(|b| !b.is_ascii_whitespace())
+        .take_while(|b| *b == b'=')
+        .count();
     count / 4 * 3 - padding.min(2)
 }
 
@@ -482,4 +676,263 @@ fn capitalize_sentence(s: &str) -> String {
         out.push('.');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(resource: Value) -> Vec<(String, &'static str)> {
+        validate(&resource)
+            .into_iter()
+            .filter(|i| i.severity == IssueSeverity::Error)
+            .map(|i| (i.expression, i.code))
+            .collect()
+    }
+
+    fn rejected_at(resource: Value, expression: &str) {
+        let found = errors(resource);
+        assert!(
+            found.iter().any(|(e, _)| e == expression),
+            "expected an error at {expression}, got {found:?}"
+        );
+    }
+
+    #[test]
+    fn accepts_a_plain_patient() {
+        let patient = json!({
+            "resourceType": "Patient", "id": "p-1",
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Anna</div>"},
+            "name": [{"given": ["Anna", null], "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}],
+            "gender": "female", "birthDate": "1980-05-01", "deceasedBoolean": false,
+            "multipleBirthInteger": 2,
+            "generalPractitioner": [{"reference": "Practitioner/1"}, {"reference": "urn:uuid:0b5a3f2e-1111-4b5a-9c1e-0123456789ab"}, {"reference": "Practitioner?identifier=x|1"}]
+        });
+        assert_eq!(errors(patient), vec![]);
+    }
+
+    #[test]
+    fn rejects_non_objects_and_unknown_types() {
+        assert_eq!(errors(json!([1])), vec![(String::new(), "structure")]);
+        assert_eq!(errors(json!({"id": "x"})).len(), 1);
+        assert_eq!(errors(json!({"resourceType": "Patientt"})).len(), 1);
+        assert_eq!(errors(json!({"resourceType": "HumanName"})).len(), 1);
+    }
+
+    #[test]
+    fn rejects_unknown_elements() {
+        rejected_at(
+            json!({"resourceType": "Patient", "unknownElement": 1}),
+            "Patient.unknownElement",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "name": [{"resourceType": "x"}]}),
+            "Patient.name[0].resourceType",
+        );
+        rejected_at(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueBla": 1}),
+            "Observation.valueBla",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "_name": {"id": "x"}}),
+            "Patient._name",
+        );
+    }
+
+    #[test]
+    fn rejects_cardinality_errors() {
+        rejected_at(
+            json!({"resourceType": "Patient", "name": {"family": "x"}}),
+            "Patient.name",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "gender": ["male"]}),
+            "Patient.gender",
+        );
+        rejected_at(
+            json!({"resourceType": "Observation", "code": {"text": "x"}}),
+            "Observation",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "name": []}),
+            "Patient.name",
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_json_types_and_empties() {
+        rejected_at(
+            json!({"resourceType": "Patient", "active": "true"}),
+            "Patient.active",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "multipleBirthInteger": "2"}),
+            "Patient.multipleBirthInteger",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "multipleBirthInteger": 2.5}),
+            "Patient.multipleBirthInteger",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "birthDate": 1980}),
+            "Patient.birthDate",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "birthDate": ""}),
+            "Patient.birthDate",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "birthDate": null}),
+            "Patient.birthDate",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "maritalStatus": {}}),
+            "Patient.maritalStatus",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "name": [{"given": ["a", null]}]}),
+            "Patient.name[0].given[1]",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [{"id": "t"}, null]}]}),
+            "Patient.name[0].given",
+        );
+    }
+
+    #[test]
+    fn rejects_bad_primitive_formats() {
+        rejected_at(
+            json!({"resourceType": "Patient", "id": "bad_id"}),
+            "Patient.id",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "id": "a".repeat(65)}),
+            "Patient.id",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "birthDate": "not a date"}),
+            "Patient.birthDate",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01T10:00:00"}),
+            "Patient.deceasedDateTime",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "meta": {"lastUpdated": "2020-01-01"}}),
+            "Patient.meta.lastUpdated",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "implicitRules": "http://a b"}),
+            "Patient.implicitRules",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "language": " en"}),
+            "Patient.language",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "photo": [{"data": "%%%2@()()"}]}),
+            "Patient.photo[0].data",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "photo": [{"data": "aGVsbG8=", "size": 100}]}),
+            "Patient.photo[0]",
+        );
+        rejected_at(
+            json!({"resourceType": "ImmunizationRecommendation", "patient": {"reference": "Patient/1"}, "date": "2020-01-01", "recommendation": [{"forecastStatus": {"text": "x"}, "doseNumberPositiveInt": 0}]}),
+            "ImmunizationRecommendation.recommendation[0].doseNumberPositiveInt",
+        );
+        rejected_at(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "1.0"}}),
+            "Observation.valueQuantity.value",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "_id": {"extension": [{"url": "http://x", "valueString": "y"}]}}),
+            "Patient.id",
+        );
+    }
+
+    #[test]
+    fn rejects_codes_outside_required_bindings() {
+        rejected_at(
+            json!({"resourceType": "Patient", "gender": "mal"}),
+            "Patient.gender",
+        );
+        let condition = json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "nope"}]}});
+        rejected_at(condition, "Condition.clinicalStatus");
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        rejected_at(
+            json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organisation/1"}}),
+            "Patient.managingOrganization",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/a b"}}),
+            "Patient.managingOrganization",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}}),
+            "Patient.managingOrganization",
+        );
+        let ok = json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o", "name": "x"}],
+            "managingOrganization": {"reference": "#o"}});
+        assert_eq!(errors(ok), vec![]);
+    }
+
+    #[test]
+    fn validates_contained_resources_and_bundle_entries() {
+        rejected_at(
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o", "bogus": 1}]}),
+            "Patient.contained[0].bogus",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o", "contained": [{"resourceType": "Organization", "id": "p"}]}]}),
+            "Patient.contained[0]",
+        );
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:0b5a3f2e-1111-4b5a-9c1e-0123456789ab", "resource": {"resourceType": "Patient", "gender": "x"}},
+            {"fullUrl": "Patient/1", "resource": {"resourceType": "Patient"}}]});
+        let found = errors(bundle);
+        assert!(
+            found
+                .iter()
+                .any(|(e, _)| e == "Bundle.entry[0].resource.gender"),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(e, _)| e == "Bundle.entry[1].fullUrl"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_unsafe_narrative() {
+        let with_div = |div: &str| json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+        rejected_at(
+            with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x</script></div>"),
+            "Patient.text.div",
+        );
+        rejected_at(
+            with_div(
+                "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onmouseover=\"x\">a</p></div>",
+            ),
+            "Patient.text.div",
+        );
+        rejected_at(with_div("<div>plain</div>"), "Patient.text.div");
+    }
+
+    #[test]
+    fn rejects_extensions_with_value_and_children() {
+        rejected_at(
+            json!({"resourceType": "Patient", "extension": [{"url": "http://x", "valueString": "a", "extension": [{"url": "y", "valueString": "b"}]}]}),
+            "Patient.extension[0]",
+        );
+        rejected_at(
+            json!({"resourceType": "Patient", "extension": [{"valueString": "a"}]}),
+            "Patient.extension[0]",
+        );
+    }
 }

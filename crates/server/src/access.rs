@@ -107,9 +107,9 @@ fn is_ordered_subset(p: &str, of: &str) -> bool {
 }
 
 /// Verifies the bearer token and builds the caller.
-pub fn authenticate(app: &App, header: Option<&HeaderValue>) -> Result<Caller, carevault_auth::AuthError> {
-    let claims = app.auth.verify_bearer(header)?;
-    Ok(Caller::new(claims.client_id, &claims.scope))
+pub fn authenticate(app: &App, header: Option<&HeaderValue>) -> Result<Caller, carevault_auth::TokenError> {
+    let claims = app.auth.verify_bearer(header.and_then(|v| v.to_str().ok()))?;
+    Ok(Caller::new(claims.client_id.clone(), &claims.scope))
 }
 
 /// The resource types and interactions a batch/transaction Bundle asks for, to check scopes

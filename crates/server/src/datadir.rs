@@ -2,7 +2,7 @@
 //! and the file-writing discipline (private modes, atomic replace).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// What `prepare` found or made.
@@ -67,7 +67,10 @@ pub fn prepare(root: &Path, tls_paths: (&Path, &Path)) -> Result<Prepared, DataD
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`.
 pub fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

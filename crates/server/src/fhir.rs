@@ -61,8 +61,12 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
     }
     let caller = match crate::access::authenticate(&app, parts.headers.get(header::AUTHORIZATION)) {
         Ok(c) => c,
+        Err(e @ (carevault_auth::TokenError::Store(_) | carevault_auth::TokenError::Crypto(_))) => {
+            tracing::error!(request_id = &*request_id, error = %e, "token verification failed");
+            return ApiError::internal(&request_id).into_response();
+        }
         Err(e) => {
-            let mut r = ApiError::unauthorized(&e.to_string()).into_response();
+            let mut r = ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response();
             r.extensions_mut().insert(RouteTemplate("/fhir/*"));
             return r;
         }
@@ -329,18 +333,22 @@ impl Call {
     }
 
     /// Runs store work off the async threads and maps its error.
-    async fn blocking<T: Send + 'static>(
+    ///
+    /// Returns a future that does not borrow `self` (the request body is not `Sync`).
+    fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&App) -> Result<T, RestError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static {
         let app = self.app.clone();
         let rid = self.request_id.clone();
-        match tokio::task::spawn_blocking(move || f(&app)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ApiError::from_rest(e, &rid)),
-            Err(e) => {
-                tracing::error!(request_id = &*rid, error = %e, "store task failed");
-                Err(ApiError::internal(&rid))
+        async move {
+            match tokio::task::spawn_blocking(move || f(&app)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(ApiError::from_rest(e, &rid)),
+                Err(e) => {
+                    tracing::error!(request_id = &*rid, error = %e, "store task failed");
+                    Err(ApiError::internal(&rid))
+                }
             }
         }
     }
@@ -628,3 +636,4 @@ mod tests {
         assert!(!valid_id(&"x".repeat(65)));
     }
 }
+

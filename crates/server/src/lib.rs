@@ -11,6 +11,7 @@ mod fhir;
 mod metadata;
 mod oauth;
 pub mod outcome;
+pub mod records;
 mod serve;
 pub mod tls;
 
@@ -74,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/jwks", get(oauth::jwks))
         .route("/fhir", any(fhir::entry))
         .route("/fhir/", any(fhir::entry))
         .route("/fhir/{*rest}", any(fhir::entry))
@@ -87,7 +89,18 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.ready.load(Ordering::Relaxed) && app.rest.store().ready() {
+    // Ready means: not shutting down, and a store read through the keys answers.
+    let app2 = app.clone();
+    let store_ok = tokio::task::spawn_blocking(move || match app2.rest.read("Patient", "readyz-probe") {
+        Ok(_) | Err(carevault_store::RestError::NotFound { .. } | carevault_store::RestError::Gone { .. }) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness probe failed");
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if app.ready.load(Ordering::Relaxed) && store_ok {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

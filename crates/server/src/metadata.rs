@@ -15,7 +15,7 @@ pub fn capability_statement(base_url: &str) -> bytes::Bytes {
             let params: Vec<Value> = defs
                 .search_params(t)
                 .iter()
-                .filter(|p| carevault_store::supports_search_param(p))
+                .filter(|p| !matches!(p.kind, carevault_fhir::SearchParamType::Special | carevault_fhir::SearchParamType::Composite))
                 .map(|p| json!({"name": p.code, "type": search_type_code(p.kind)}))
                 .collect();
             let mut r = json!({

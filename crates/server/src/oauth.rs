@@ -1,6 +1,7 @@
 //! The OAuth 2 token endpoint: `client_credentials` with `client_secret_basic` (RFC 6749 4.4).
 
 use crate::App;
+use carevault_auth::TokenRequestError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -33,27 +34,27 @@ pub(crate) async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body:
     let auth_header = headers.get(header::AUTHORIZATION).cloned();
     let app2 = app.clone();
     // Argon2 verification is deliberately slow: keep it off the async threads.
-    let result = tokio::task::spawn_blocking(move || app2.auth.client_credentials(auth_header.as_ref(), scope.as_deref()))
-        .await;
+    let result = tokio::task::spawn_blocking(move || {
+        app2.auth.client_credentials(auth_header.as_ref().and_then(|v| v.to_str().ok()), scope.as_deref())
+    })
+    .await;
     match result {
         Ok(Ok(t)) => {
-            let mut r = axum::Json(json!({
-                "access_token": t.access_token,
-                "token_type": "Bearer",
-                "expires_in": t.expires_in,
-                "scope": t.scope,
-            }))
-            .into_response();
+            let mut r = (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                t.response_body(),
+            )
+                .into_response();
             r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
-        Ok(Err(crate::access::TokenRequestError::InvalidClient)) => {
+        Ok(Err(TokenRequestError::InvalidClient)) => {
             let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"carevault\""));
             r
         }
-        Ok(Err(crate::access::TokenRequestError::InvalidScope(d))) => oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &d),
-        Ok(Err(crate::access::TokenRequestError::Internal(detail))) => {
+        Ok(Err(TokenRequestError::InvalidScope(d))) => oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &d),
+        Ok(Err(TokenRequestError::Internal(detail))) => {
             tracing::error!(error = %detail, "token endpoint failure");
             oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
         }
@@ -66,4 +67,9 @@ pub(crate) async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body:
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, axum::Json(json!({"error": error, "error_description": description}))).into_response()
+}
+
+/// `GET /oauth2/jwks`: the public keys that verify this server's tokens.
+pub(crate) async fn jwks(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.auth.jwks()).into_response()
 }

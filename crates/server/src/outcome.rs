@@ -42,12 +42,11 @@ impl ApiError {
     }
 
     /// 401 with the bearer challenge.
-    pub fn unauthorized(diagnostics: &str) -> Self {
-        let mut e = Self::new(StatusCode::UNAUTHORIZED, "login", diagnostics);
-        e.headers.push((
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer realm=\"carevault\", error=\"invalid_token\""),
-        ));
+    pub fn unauthorized(diagnostics: &str, challenge: &str) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "login", format!("Authentication failed: {diagnostics}."));
+        let value = http::HeaderValue::from_str(challenge)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer realm=\"carevault\""));
+        e.headers.push((http::header::WWW_AUTHENTICATE, value));
         e
     }
 

@@ -49,7 +49,36 @@ pub struct ParamRef {
 impl ParamRef {
     /// Builds a parameter reference.
     pub fn new(rtype: &str, code: &str) -> Self {
-        ParamRef { rtype: rtype.to_owned(), code: code.to_owned() }
+        ParamRef {
+            rtype: rtype.to_owned(),
+            code: code.to_owned(),
+        }
+    }
+
+    /// The parameter's id.
+    pub fn id(&self) -> ParamId {
+        ParamId::of(&self.rtype, &self.code)
+    }
+}
+
+/// A search parameter's small integer id: a stable 63-bit FNV-1a hash of `Type.code`, so ids
+/// need no table and no state shared between processes, and are the same in every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParamId(pub i64);
+
+impl ParamId {
+    /// The id of `rtype.code`.
+    pub fn of(rtype: &str, code: &str) -> ParamId {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in rtype
+            .bytes()
+            .chain(std::iter::once(b'.'))
+            .chain(code.bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        ParamId((h >> 1) as i64)
     }
 }
 
@@ -57,16 +86,26 @@ impl ParamRef {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexRow {
     /// A blind tag (strings, tokens, uris).
-    Tag { param: ParamRef, tag: BlindTag },
+    Tag { param: ParamId, tag: BlindTag },
     /// A reference, in clear: target type and id, or an absolute URL (empty strings when absent).
-    Ref { param: ParamRef, ttype: String, tid: String, url: String },
+    Ref {
+        param: ParamId,
+        ttype: String,
+        tid: String,
+        url: String,
+    },
     /// A date range in ms, `lo` inclusive, `hi` exclusive.
     // issue 5: dates are kept as plain numbers for range search; whether to coarsen or blind them is open.
-    Date { param: ParamRef, lo: i64, hi: i64 },
-    /// A number range `[lo, hi)` implied by the value's precision.
-    Number { param: ParamRef, lo: f64, hi: f64 },
-    /// A quantity range with a blind tag of its unit (`system|code`, `code`, or the "any unit" tag).
-    Quantity { param: ParamRef, tag: BlindTag, lo: f64, hi: f64 },
+    Date { param: ParamId, lo: i64, hi: i64 },
+    /// A number, stored as the point `lo = hi = value`.
+    Number { param: ParamId, lo: f64, hi: f64 },
+    /// A quantity value (`lo = hi = value`) with a blind tag of its unit (`system|code`, `code`, or the "any unit" tag).
+    Quantity {
+        param: ParamId,
+        tag: BlindTag,
+        lo: f64,
+        hi: f64,
+    },
 }
 
 /// A version ready to be written: everything derived, body already sealed.
@@ -117,21 +156,50 @@ pub trait ReadTx {
     /// The current version of a resource (possibly a deletion), if it ever existed.
     fn current(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>, StoreError>;
     /// One specific version.
-    fn version(&mut self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError>;
+    fn version(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError>;
     /// Current versions of the given keys, in the order given (missing or deleted ones skipped).
     fn load(&mut self, keys: &[ResKey]) -> Result<Vec<VersionRecord>, StoreError>;
     /// Keys matching a plan, ordered by `sort` then key, after skipping `offset`, at most `limit`.
-    fn search(&mut self, plan: &Plan, sort: NativeSort, offset: usize, limit: usize) -> Result<Vec<ResKey>, StoreError>;
+    fn search(
+        &mut self,
+        plan: &Plan,
+        sort: NativeSort,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ResKey>, StoreError>;
     /// Number of resources matching a plan.
     fn count(&mut self, plan: &Plan) -> Result<usize, StoreError>;
     /// Targets `(type, id)` of the reference parameter `param` held by the given resources.
-    fn refs_from(&mut self, keys: &[ResKey], param: &ParamRef) -> Result<Vec<(String, String)>, StoreError>;
+    fn refs_from(
+        &mut self,
+        keys: &[ResKey],
+        param: &ParamRef,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Keys of resources whose reference parameter `param` points at any of `targets`.
-    fn refs_to(&mut self, param: &ParamRef, targets: &[(String, String)]) -> Result<Vec<ResKey>, StoreError>;
+    fn refs_to(
+        &mut self,
+        param: &ParamRef,
+        targets: &[(String, String)],
+    ) -> Result<Vec<ResKey>, StoreError>;
     /// Versions in a scope, newest first, optionally only since a time; paged.
-    fn history(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>, offset: usize, limit: usize) -> Result<Vec<VersionRecord>, StoreError>;
+    fn history(
+        &mut self,
+        scope: HistoryScope<'_>,
+        since_ms: Option<i64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, StoreError>;
     /// Number of versions in a scope.
-    fn history_count(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>) -> Result<usize, StoreError>;
+    fn history_count(
+        &mut self,
+        scope: HistoryScope<'_>,
+        since_ms: Option<i64>,
+    ) -> Result<usize, StoreError>;
     /// A sealed system record (see [`Store::put_system_record`]).
     fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// All sealed system records of one kind, by key.
@@ -145,9 +213,15 @@ pub trait Tx: ReadTx {
     /// Appends one (already sealed) audit entry; returns its sequence number.
     fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError>;
     /// Writes a sealed system record.
-    fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8]) -> Result<(), StoreError>;
+    fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8])
+    -> Result<(), StoreError>;
     /// Removes a system record; true when one existed.
     fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError>;
+    /// Runs `f` in a nested savepoint: when it fails, only its own writes are rolled back.
+    fn nested(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), RestError>,
+    ) -> Result<(), RestError>;
 }
 
 /// A unit of work for the writer: runs inside its own savepoint; an `Err` rolls back only it.
@@ -160,6 +234,8 @@ pub trait Store: Send + Sync {
     /// A read snapshot; never waits for the writer.
     fn reader(&self) -> Result<Box<dyn ReadTx + '_>, StoreError>;
     /// Runs `job` in the writer and returns once its effects are durable (or it failed).
+    /// Jobs submitted together share one commit (one fsync); each runs in its own savepoint,
+    /// so a failing job rolls back only itself. Never call this from inside a job.
     fn write(&self, job: WriteJob) -> Result<(), RestError>;
 }
 
@@ -177,7 +253,8 @@ where
         let _ = send.send(v);
         Ok(())
     }))?;
-    recv.recv().map_err(|_| RestError::Store("the writer returned no result".into()))
+    recv.recv()
+        .map_err(|_| RestError::Store("the writer returned no result".into()))
 }
 
 /// Record identity used to seal a system record.
@@ -186,27 +263,49 @@ pub fn system_record_identity(kind: &str, key: &str) -> Vec<u8> {
 }
 
 /// Seals and stores a system record (auth clients, users, TOTP secrets) durably.
-pub fn put_system_record(store: &dyn Store, kind: &str, key: &str, body: &[u8]) -> Result<(), RestError> {
-    let sealed = store.keyring().seal(&system_record_identity(kind, key), body)?;
+pub fn put_system_record(
+    store: &dyn Store,
+    kind: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<(), RestError> {
+    let sealed = store
+        .keyring()
+        .seal(&system_record_identity(kind, key), body)?;
     let (kind, key) = (kind.to_owned(), key.to_owned());
-    write_with(store, move |tx| Ok(tx.put_system_record(&kind, &key, &sealed)?))
+    write_with(store, move |tx| {
+        Ok(tx.put_system_record(&kind, &key, &sealed)?)
+    })
 }
 
 /// Reads and opens a system record.
-pub fn get_system_record(store: &dyn Store, kind: &str, key: &str) -> Result<Option<Vec<u8>>, RestError> {
+pub fn get_system_record(
+    store: &dyn Store,
+    kind: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, RestError> {
     let sealed = store.reader()?.get_system_record(kind, key)?;
     match sealed {
         None => Ok(None),
-        Some(s) => Ok(Some(store.keyring().open(&system_record_identity(kind, key), &s)?)),
+        Some(s) => Ok(Some(
+            store
+                .keyring()
+                .open(&system_record_identity(kind, key), &s)?,
+        )),
     }
 }
 
 /// Lists and opens every system record of a kind.
-pub fn list_system_records(store: &dyn Store, kind: &str) -> Result<Vec<(String, Vec<u8>)>, RestError> {
+pub fn list_system_records(
+    store: &dyn Store,
+    kind: &str,
+) -> Result<Vec<(String, Vec<u8>)>, RestError> {
     let rows = store.reader()?.list_system_records(kind)?;
     rows.into_iter()
         .map(|(key, s)| {
-            let body = store.keyring().open(&system_record_identity(kind, &key), &s)?;
+            let body = store
+                .keyring()
+                .open(&system_record_identity(kind, &key), &s)?;
             Ok((key, body))
         })
         .collect()

@@ -37,13 +37,21 @@ pub enum RestError {
     NotFound { rtype: String, id: String },
     /// 410: the resource was deleted; `version` is the deletion's version.
     #[error("{rtype}/{id} was deleted")]
-    Gone { rtype: String, id: String, version: u64, last_updated_ms: i64 },
+    Gone {
+        rtype: String,
+        id: String,
+        version: u64,
+        last_updated_ms: i64,
+    },
     /// 422 (or 400 when the issues are structural): the resource failed validation.
     #[error("the resource is not valid ({} issue(s))", .0.len())]
-    Invalid(Vec<fhir::Issue>),
+    Invalid(Vec<carevault_fhir::Issue>),
     /// 400: the request itself is malformed.
     #[error("bad request: {diagnostics}")]
-    BadRequest { diagnostics: String, expression: Option<String> },
+    BadRequest {
+        diagnostics: String,
+        expression: Option<String>,
+    },
     /// 412: a stale `If-Match` or an ambiguous conditional interaction.
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
@@ -64,7 +72,10 @@ pub enum RestError {
 impl RestError {
     /// Shorthand for a [`RestError::BadRequest`] without an expression.
     pub fn bad(diagnostics: impl Into<String>) -> Self {
-        RestError::BadRequest { diagnostics: diagnostics.into(), expression: None }
+        RestError::BadRequest {
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 }
 
@@ -80,5 +91,65 @@ impl From<StoreError> for RestError {
 impl From<carevault_crypto::CryptoError> for RestError {
     fn from(e: carevault_crypto::CryptoError) -> Self {
         RestError::Integrity(e.to_string())
+    }
+}
+
+impl RestError {
+    /// The HTTP status this error answers with (the server may refine 422 into 400 for
+    /// structural issues).
+    pub fn status(&self) -> u16 {
+        match self {
+            RestError::NotFound { .. } => 404,
+            RestError::Gone { .. } => 410,
+            RestError::Invalid(_) => 422,
+            RestError::BadRequest { .. } => 400,
+            RestError::PreconditionFailed(_) => 412,
+            RestError::Conflict(_) => 409,
+            RestError::NotSupported(_) => 501,
+            RestError::Integrity(_) | RestError::Store(_) => 500,
+        }
+    }
+
+    /// An `OperationOutcome` describing this error (no PHI; 500s say only that something failed).
+    pub fn to_outcome(&self) -> serde_json::Value {
+        use serde_json::json;
+        let issue = |code: &str, diagnostics: String, expression: Option<&str>| {
+            let mut i = json!({"severity": "error", "code": code, "diagnostics": diagnostics});
+            if let Some(e) = expression {
+                i["expression"] = json!([e]);
+            }
+            i
+        };
+        let issues = match self {
+            RestError::Invalid(issues) => issues
+                .iter()
+                .map(|i| {
+                    issue(
+                        i.code,
+                        i.diagnostics.clone(),
+                        Some(i.expression.as_str()).filter(|e| !e.is_empty()),
+                    )
+                })
+                .collect(),
+            RestError::BadRequest {
+                diagnostics,
+                expression,
+            } => vec![issue("invalid", diagnostics.clone(), expression.as_deref())],
+            RestError::NotFound { .. } | RestError::Gone { .. } => {
+                vec![issue("not-found", self.to_string(), None)]
+            }
+            RestError::PreconditionFailed(_) | RestError::Conflict(_) => {
+                vec![issue("conflict", self.to_string(), None)]
+            }
+            RestError::NotSupported(_) => vec![issue("not-supported", self.to_string(), None)],
+            RestError::Integrity(_) | RestError::Store(_) => {
+                vec![issue(
+                    "exception",
+                    "The server failed to process the request.".into(),
+                    None,
+                )]
+            }
+        };
+        json!({"resourceType": "OperationOutcome", "issue": issues})
     }
 }

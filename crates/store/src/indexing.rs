@@ -5,7 +5,7 @@ use carevault_crypto::{BlindTag, Keyring};
 use carevault_fhir::{IndexEntry, IndexValue};
 use serde_json::Value;
 
-use crate::backend::{IndexRow, ParamRef};
+use crate::backend::{IndexRow, ParamId, ParamRef};
 use crate::fhirdefs;
 
 /// How many leading characters of a normalised string get a prefix tag; longer prefixes in a
@@ -34,7 +34,7 @@ pub enum TagKind {
     TokNoSystem,
     /// `system|`.
     TokSystem,
-    /// `:text` (whole normalised text, and each word).
+    /// `:text`: each word of the normalised text.
     TokText,
     /// uri.
     Uri,
@@ -68,8 +68,36 @@ impl TagKind {
 
 /// The blind tag of `value` for a parameter and kind.
 pub fn tag(keyring: &Keyring, param: &ParamRef, kind: TagKind, value: &str) -> BlindTag {
-    let domain = format!("{}.{}#{}", param.rtype, param.code, kind.label());
-    keyring.blind(&domain, value.as_bytes())
+    Blinder::new(keyring, &param.rtype, &param.code).tag(kind, value)
+}
+
+/// Blinds values of one parameter, reusing its domain text.
+struct Blinder<'k> {
+    keyring: &'k Keyring,
+    domain: String,
+    base: usize,
+}
+
+impl<'k> Blinder<'k> {
+    fn new(keyring: &'k Keyring, rtype: &str, code: &str) -> Self {
+        let mut domain = String::with_capacity(rtype.len() + code.len() + 4);
+        domain.push_str(rtype);
+        domain.push('.');
+        domain.push_str(code);
+        domain.push('#');
+        let base = domain.len();
+        Blinder {
+            keyring,
+            domain,
+            base,
+        }
+    }
+
+    fn tag(&mut self, kind: TagKind, value: &str) -> BlindTag {
+        self.domain.truncate(self.base);
+        self.domain.push_str(kind.label());
+        self.keyring.blind(&self.domain, value.as_bytes())
+    }
 }
 
 /// Trigrams of a normalised string, deduplicated.
@@ -83,7 +111,12 @@ pub fn trigrams(s: &str) -> Vec<String> {
 
 /// Prefixes (by character) of a normalised string, up to [`MAX_PREFIX`] characters.
 fn prefixes(s: &str) -> impl Iterator<Item = &str> {
-    s.char_indices().skip(1).map(|(i, _)| i).chain(std::iter::once(s.len())).take(MAX_PREFIX).map(move |end| &s[..end])
+    s.char_indices()
+        .skip(1)
+        .map(|(i, _)| i)
+        .chain(std::iter::once(s.len()))
+        .take(MAX_PREFIX)
+        .map(move |end| &s[..end])
 }
 
 /// The first [`MAX_PREFIX`] characters of a string.
@@ -100,7 +133,10 @@ pub fn index_rows(keyring: &Keyring, rtype: &str, resource: &Value) -> Vec<Index
     let mut rows = Vec::with_capacity(entries.len() * 4);
     let mut has_meta = [false; 3];
     for e in &entries {
-        if let Some(i) = ["_tag", "_profile", "_security"].iter().position(|c| *c == e.param) {
+        if let Some(i) = ["_tag", "_profile", "_security"]
+            .iter()
+            .position(|c| *c == e.param)
+        {
             has_meta[i] = true;
         }
     }
@@ -108,17 +144,41 @@ pub fn index_rows(keyring: &Keyring, rtype: &str, resource: &Value) -> Vec<Index
         entry_rows(keyring, rtype, e, &mut rows);
     }
     meta_rows(keyring, rtype, resource, has_meta, &mut rows);
+    // A tag's domain names its parameter and kind, so equal tags are equal rows: drop repeats
+    // (a display repeated as CodeableConcept.text, the same code in two codings...).
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.retain(|r| match r {
+        IndexRow::Tag { tag, .. } => seen.insert(*tag),
+        _ => true,
+    });
     rows
 }
 
 /// Indexes `meta.tag`, `meta.profile`, `meta.security` when the definitions do not.
-fn meta_rows(keyring: &Keyring, rtype: &str, resource: &Value, done: [bool; 3], rows: &mut Vec<IndexRow>) {
-    let Some(meta) = resource.get("meta") else { return };
-    for (i, (code, field)) in [("_tag", "tag"), ("_profile", "profile"), ("_security", "security")].iter().enumerate() {
+fn meta_rows(
+    keyring: &Keyring,
+    rtype: &str,
+    resource: &Value,
+    done: [bool; 3],
+    rows: &mut Vec<IndexRow>,
+) {
+    let Some(meta) = resource.get("meta") else {
+        return;
+    };
+    for (i, (code, field)) in [
+        ("_tag", "tag"),
+        ("_profile", "profile"),
+        ("_security", "security"),
+    ]
+    .iter()
+    .enumerate()
+    {
         if done[i] {
             continue;
         }
-        let Some(Value::Array(items)) = meta.get(*field) else { continue };
+        let Some(Value::Array(items)) = meta.get(*field) else {
+            continue;
+        };
         for item in items {
             let value = if *field == "profile" {
                 match item.as_str() {
@@ -127,19 +187,37 @@ fn meta_rows(keyring: &Keyring, rtype: &str, resource: &Value, done: [bool; 3], 
                 }
             } else {
                 IndexValue::Token {
-                    system: item.get("system").and_then(Value::as_str).map(str::to_owned),
+                    system: item
+                        .get("system")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
                     code: item.get("code").and_then(Value::as_str).map(str::to_owned),
-                    text: item.get("display").and_then(Value::as_str).map(str::to_owned),
+                    text: item
+                        .get("display")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
                 }
             };
-            entry_rows(keyring, rtype, IndexEntry { param: (*code).to_owned(), value }, rows);
+            entry_rows(
+                keyring,
+                rtype,
+                IndexEntry {
+                    param: (*code).to_owned(),
+                    value,
+                },
+                rows,
+            );
         }
     }
 }
 
 fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<IndexRow>) {
-    let param = ParamRef { rtype: rtype.to_owned(), code: e.param };
-    let t = |kind, v: &str| IndexRow::Tag { param: param.clone(), tag: tag(keyring, &param, kind, v) };
+    let param = ParamId::of(rtype, &e.param);
+    let mut b = Blinder::new(keyring, rtype, &e.param);
+    let mut t = |kind, v: &str| IndexRow::Tag {
+        param,
+        tag: b.tag(kind, v),
+    };
     match e.value {
         IndexValue::String { normalized, exact } => {
             rows.push(t(TagKind::StrEq, &normalized));
@@ -164,11 +242,9 @@ fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<Inde
             }
             if let Some(text) = &text {
                 let n = fhirdefs::normalize_string(text);
-                if !n.is_empty() {
-                    rows.push(t(TagKind::TokText, &n));
-                    for w in n.split(' ').filter(|w| *w != n) {
-                        rows.push(t(TagKind::TokText, w));
-                    }
+                // One tag per word: `:text` matches texts holding every word searched for.
+                for w in n.split(' ').filter(|w| !w.is_empty()) {
+                    rows.push(t(TagKind::TokText, w));
                 }
             }
         }
@@ -178,10 +254,31 @@ fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<Inde
             tid: id.unwrap_or_default(),
             url: url.unwrap_or_default(),
         }),
-        IndexValue::Date { start, end } => rows.push(IndexRow::Date { param, lo: start, hi: end }),
-        IndexValue::Number { low, high, .. } => rows.push(IndexRow::Number { param, lo: low, hi: high }),
-        IndexValue::Quantity { low, high, system, code, unit, .. } => {
-            let q = |kind, v: &str| IndexRow::Quantity { param: param.clone(), tag: tag(keyring, &param, kind, v), lo: low, hi: high };
+        IndexValue::Date { start, end } => rows.push(IndexRow::Date {
+            param,
+            lo: start,
+            hi: end,
+        }),
+        // Numbers and quantities are stored as points (`lo = hi = value`); the precision that
+        // matters for `eq` is the search value's, applied at query time.
+        IndexValue::Number { value, .. } => rows.push(IndexRow::Number {
+            param,
+            lo: value,
+            hi: value,
+        }),
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+            ..
+        } => {
+            let mut q = |kind, v: &str| IndexRow::Quantity {
+                param,
+                tag: b.tag(kind, v),
+                lo: value,
+                hi: value,
+            };
             rows.push(q(TagKind::QtyAny, ""));
             if let Some(code) = &code {
                 if let Some(s) = &system {

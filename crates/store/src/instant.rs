@@ -33,7 +33,12 @@ pub fn format_ms(ms: i64) -> String {
     let days = ms.div_euclid(DAY_MS);
     let rem = ms.rem_euclid(DAY_MS);
     let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
@@ -75,14 +80,24 @@ pub fn parse_range(s: &str) -> Option<(i64, i64)> {
         return None;
     }
     let y = i64::from(num(ys)?);
-    let m = parts.next().map(|p| if p.len() == 2 { num(p) } else { None });
-    let d = parts.next().map(|p| if p.len() == 2 { num(p) } else { None });
+    let m = parts
+        .next()
+        .map(|p| if p.len() == 2 { num(p) } else { None });
+    let d = parts
+        .next()
+        .map(|p| if p.len() == 2 { num(p) } else { None });
     if parts.next().is_some() {
         return None;
     }
-    let (m, d) = (m.map_or(Ok(None), |v| v.ok_or(()).map(Some)).ok()?, d.map_or(Ok(None), |v| v.ok_or(()).map(Some)).ok()?);
+    let (m, d) = (
+        m.map_or(Ok(None), |v| v.ok_or(()).map(Some)).ok()?,
+        d.map_or(Ok(None), |v| v.ok_or(()).map(Some)).ok()?,
+    );
     match (m, d, time) {
-        (None, None, None) => Some((days_from_civil(y, 1, 1) * DAY_MS, days_from_civil(y + 1, 1, 1) * DAY_MS)),
+        (None, None, None) => Some((
+            days_from_civil(y, 1, 1) * DAY_MS,
+            days_from_civil(y + 1, 1, 1) * DAY_MS,
+        )),
         (Some(m), None, None) if (1..=12).contains(&m) => {
             let lo = days_from_civil(y, m, 1) * DAY_MS;
             Some((lo, lo + i64::from(days_in_month(y, m)) * DAY_MS))
@@ -145,7 +160,10 @@ mod tests {
         assert_eq!(format_ms(lo), "2020-01-01T00:00:00.000Z");
         assert_eq!(format_ms(hi), "2021-01-01T00:00:00.000Z");
         let (lo, hi) = parse_range("2020-02").unwrap();
-        assert_eq!((format_ms(lo).as_str(), format_ms(hi).as_str()), ("2020-02-01T00:00:00.000Z", "2020-03-01T00:00:00.000Z"));
+        assert_eq!(
+            (format_ms(lo).as_str(), format_ms(hi).as_str()),
+            ("2020-02-01T00:00:00.000Z", "2020-03-01T00:00:00.000Z")
+        );
         let (lo, hi) = parse_range("1984-10-22T15:53:07+01:00").unwrap();
         assert_eq!(format_ms(lo), "1984-10-22T14:53:07.000Z");
         assert_eq!(hi - lo, 1000);

@@ -5,7 +5,10 @@ use serde_json::Value;
 use crate::error::RestError;
 
 fn bad(op: usize, why: &str) -> RestError {
-    RestError::BadRequest { diagnostics: format!("JSON Patch operation {op} {why}"), expression: None }
+    RestError::BadRequest {
+        diagnostics: format!("JSON Patch operation {op} {why}"),
+        expression: None,
+    }
 }
 
 fn pointer_tokens(p: &str) -> Option<Vec<String>> {
@@ -13,7 +16,11 @@ fn pointer_tokens(p: &str) -> Option<Vec<String>> {
         return Some(Vec::new());
     }
     let rest = p.strip_prefix('/')?;
-    Some(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+    Some(
+        rest.split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
 }
 
 /// Splits a pointer into the parent container and the last token.
@@ -53,7 +60,11 @@ fn add(doc: &mut Value, tokens: &[String], value: Value) -> Option<()> {
             o.insert(last, value);
         }
         Value::Array(a) => {
-            let i = if last == "-" { a.len() } else { last.parse::<usize>().ok()? };
+            let i = if last == "-" {
+                a.len()
+            } else {
+                last.parse::<usize>().ok()?
+            };
             if i > a.len() {
                 return None;
             }
@@ -78,17 +89,33 @@ fn remove(doc: &mut Value, tokens: &[String]) -> Option<Value> {
 
 /// Applies `patch` (an array of operations) to `doc`; all or nothing.
 pub fn apply(mut doc: Value, patch: &Value) -> Result<Value, RestError> {
-    let ops = patch.as_array().ok_or_else(|| RestError::bad("a JSON Patch must be an array of operations"))?;
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| RestError::bad("a JSON Patch must be an array of operations"))?;
     for (i, op) in ops.iter().enumerate() {
-        let name = op.get("op").and_then(Value::as_str).ok_or_else(|| bad(i, "has no \"op\""))?;
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| bad(i, "has no \"path\""))?;
+        let name = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(i, "has no \"op\""))?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(i, "has no \"path\""))?;
         let tokens = pointer_tokens(path).ok_or_else(|| bad(i, "has an invalid \"path\""))?;
-        let value = || op.get("value").cloned().ok_or_else(|| bad(i, "has no \"value\""));
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| bad(i, "has no \"value\""))
+        };
         let from = || {
-            op.get("from").and_then(Value::as_str).and_then(pointer_tokens).ok_or_else(|| bad(i, "has no valid \"from\""))
+            op.get("from")
+                .and_then(Value::as_str)
+                .and_then(pointer_tokens)
+                .ok_or_else(|| bad(i, "has no valid \"from\""))
         };
         match name {
-            "add" => add(&mut doc, &tokens, value()?).ok_or_else(|| bad(i, "points at a missing location"))?,
+            "add" => add(&mut doc, &tokens, value()?)
+                .ok_or_else(|| bad(i, "points at a missing location"))?,
             "remove" => {
                 remove(&mut doc, &tokens).ok_or_else(|| bad(i, "removes a missing value"))?;
             }
@@ -106,12 +133,16 @@ pub fn apply(mut doc: Value, patch: &Value) -> Result<Value, RestError> {
                 add(&mut doc, &tokens, v).ok_or_else(|| bad(i, "points at a missing location"))?;
             }
             "copy" => {
-                let v = get(&doc, &from()?).cloned().ok_or_else(|| bad(i, "copies a missing value"))?;
+                let v = get(&doc, &from()?)
+                    .cloned()
+                    .ok_or_else(|| bad(i, "copies a missing value"))?;
                 add(&mut doc, &tokens, v).ok_or_else(|| bad(i, "points at a missing location"))?;
             }
             "test" => {
                 if get(&doc, &tokens) != Some(&value()?) {
-                    return Err(RestError::PreconditionFailed(format!("JSON Patch test operation {i} failed")));
+                    return Err(RestError::PreconditionFailed(format!(
+                        "JSON Patch test operation {i} failed"
+                    )));
                 }
             }
             _ => return Err(bad(i, "has an unknown \"op\"")),
@@ -136,14 +167,29 @@ mod tests {
             {"op": "remove", "path": "/b/0"},
             {"op": "test", "path": "/f", "value": "x"}
         ]);
-        assert_eq!(apply(doc, &p).unwrap(), json!({"a": 2, "b": [2, 3], "c": {}, "e": "x", "f": "x"}));
+        assert_eq!(
+            apply(doc, &p).unwrap(),
+            json!({"a": 2, "b": [2, 3], "c": {}, "e": "x", "f": "x"})
+        );
     }
 
     #[test]
     fn bad_operations_are_rejected() {
         let doc = json!({"a": 1});
-        assert!(matches!(apply(doc.clone(), &json!([{"op": "remove", "path": "/zz"}])), Err(RestError::BadRequest { .. })));
-        assert!(matches!(apply(doc.clone(), &json!([{"op": "test", "path": "/a", "value": 2}])), Err(RestError::PreconditionFailed(_))));
-        assert!(matches!(apply(doc, &json!({"op": "add"})), Err(RestError::BadRequest { .. })));
+        assert!(matches!(
+            apply(doc.clone(), &json!([{"op": "remove", "path": "/zz"}])),
+            Err(RestError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            apply(
+                doc.clone(),
+                &json!([{"op": "test", "path": "/a", "value": 2}])
+            ),
+            Err(RestError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            apply(doc, &json!({"op": "add"})),
+            Err(RestError::BadRequest { .. })
+        ));
     }
 }

@@ -52,21 +52,44 @@ pub enum Cond {
     /// Has a row with this tag.
     Tag { param: ParamRef, tag: BlindTag },
     /// Has a row for every one of these tags (`:contains` trigrams).
-    AllTags { param: ParamRef, tags: Vec<BlindTag> },
+    AllTags {
+        param: ParamRef,
+        tags: Vec<BlindTag>,
+    },
     /// Has no row with any of these tags (`:not`).
-    NoTag { param: ParamRef, tags: Vec<BlindTag> },
+    NoTag {
+        param: ParamRef,
+        tags: Vec<BlindTag>,
+    },
     /// References a target: type and id (either may be empty = any), or a URL.
-    Ref { param: ParamRef, ttype: String, tid: String, url: String },
+    Ref {
+        param: ParamRef,
+        ttype: String,
+        tid: String,
+        url: String,
+    },
     /// A date value satisfies the range condition.
     Date { param: ParamRef, range: RangeCond },
     /// A number value satisfies the range condition.
     Number { param: ParamRef, range: RangeCond },
     /// A quantity with this unit tag satisfies the range condition.
-    Quantity { param: ParamRef, tag: BlindTag, range: RangeCond },
+    Quantity {
+        param: ParamRef,
+        tag: BlindTag,
+        range: RangeCond,
+    },
     /// `:missing`: `missing=true` selects resources without any value for the parameter.
-    Missing { param: ParamRef, kind: IndexKind, missing: bool },
+    Missing {
+        param: ParamRef,
+        kind: IndexKind,
+        missing: bool,
+    },
     /// Chaining: the reference `param` points at a `target` resource matching `inner`.
-    Chain { param: ParamRef, target: String, inner: Box<Plan> },
+    Chain {
+        param: ParamRef,
+        target: String,
+        inner: Box<Plan>,
+    },
     /// Reverse chaining: some resource matching `inner` (of `inner.rtype`) points at this one
     /// through its reference parameter `param`.
     Has { param: ParamRef, inner: Box<Plan> },
@@ -87,6 +110,9 @@ pub struct Plan {
 impl Plan {
     /// A plan matching every current resource of a type.
     pub fn all(rtype: &str) -> Self {
-        Plan { rtype: rtype.to_owned(), clauses: Vec::new() }
+        Plan {
+            rtype: rtype.to_owned(),
+            clauses: Vec::new(),
+        }
     }
 }

@@ -52,7 +52,13 @@ pub fn open_record(keyring: &Keyring, rec: &VersionRecord) -> Result<Stored, Res
         tracing::error!(rtype = %rec.rtype, id = %rec.id, version = rec.version, "stored record failed decryption");
         RestError::Integrity(e.to_string())
     })?;
-    Ok(Stored { rtype: rec.rtype.clone(), id: rec.id.clone(), version: rec.version, last_updated_ms: rec.last_updated_ms, json })
+    Ok(Stored {
+        rtype: rec.rtype.clone(),
+        id: rec.id.clone(),
+        version: rec.version,
+        last_updated_ms: rec.last_updated_ms,
+        json,
+    })
 }
 
 /// A new server-assigned id.
@@ -63,7 +69,9 @@ pub fn new_id() -> String {
 /// Checks `resourceType` against the URL's type and runs validation.
 pub fn check_resource(rtype: &str, resource: &Value) -> Result<(), RestError> {
     if !fhirdefs::definitions().is_resource_type(rtype) {
-        return Err(RestError::bad(format!("{rtype} is not a FHIR R4 resource type")));
+        return Err(RestError::bad(format!(
+            "{rtype} is not a FHIR R4 resource type"
+        )));
     }
     let actual = resource.get("resourceType").and_then(Value::as_str);
     if actual != Some(rtype) {
@@ -74,14 +82,25 @@ pub fn check_resource(rtype: &str, resource: &Value) -> Result<(), RestError> {
     }
     let issues: Vec<_> = fhirdefs::validate(resource)
         .into_iter()
-        .filter(|i| matches!(i.severity, carevault_fhir::IssueSeverity::Error | carevault_fhir::IssueSeverity::Fatal))
+        .filter(|i| {
+            matches!(
+                i.severity,
+                carevault_fhir::IssueSeverity::Error | carevault_fhir::IssueSeverity::Fatal
+            )
+        })
         .collect();
-    if issues.is_empty() { Ok(()) } else { Err(RestError::Invalid(issues)) }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(RestError::Invalid(issues))
+    }
 }
 
 /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping `resourceType`, `id`, `meta` first.
 pub fn stamp(resource: Value, id: &str, version: u64, last_updated_ms: i64) -> Value {
-    let Value::Object(mut obj) = resource else { return resource };
+    let Value::Object(mut obj) = resource else {
+        return resource;
+    };
     let mut meta = match obj.remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
@@ -90,7 +109,10 @@ pub fn stamp(resource: Value, id: &str, version: u64, last_updated_ms: i64) -> V
     meta.remove("lastUpdated");
     let mut new_meta = Map::new();
     new_meta.insert("versionId".into(), Value::String(version.to_string()));
-    new_meta.insert("lastUpdated".into(), Value::String(instant::format_ms(last_updated_ms)));
+    new_meta.insert(
+        "lastUpdated".into(),
+        Value::String(instant::format_ms(last_updated_ms)),
+    );
     new_meta.extend(meta);
     let mut out = Map::new();
     if let Some(rt) = obj.remove("resourceType") {
@@ -115,7 +137,8 @@ pub fn prepare(
     method: &'static str,
 ) -> Result<(NewVersion, Stored), RestError> {
     let resource = stamp(resource, id, version, now_ms);
-    let json = serde_json::to_vec(&resource).map_err(|e| RestError::Store(format!("serialising failed: {e}")))?;
+    let json = serde_json::to_vec(&resource)
+        .map_err(|e| RestError::Store(format!("serialising failed: {e}")))?;
     let index = indexing::index_rows(keyring, rtype, &resource);
     let sealed = keyring.seal(&record_identity(rtype, id, version), &json)?;
     let nv = NewVersion {
@@ -128,10 +151,24 @@ pub fn prepare(
         sealed,
         index,
     };
-    Ok((nv, Stored { rtype: rtype.to_owned(), id: id.to_owned(), version, last_updated_ms: now_ms, json }))
+    Ok((
+        nv,
+        Stored {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated_ms: now_ms,
+            json,
+        },
+    ))
 }
 
-fn check_if_match(cur: Option<&VersionRecord>, if_match: Option<u64>, rtype: &str, id: &str) -> Result<(), RestError> {
+fn check_if_match(
+    cur: Option<&VersionRecord>,
+    if_match: Option<u64>,
+    rtype: &str,
+    id: &str,
+) -> Result<(), RestError> {
     if let Some(want) = if_match {
         let have = cur.filter(|c| !c.deleted).map(|c| c.version);
         if have != Some(want) {
@@ -156,9 +193,22 @@ pub fn put_in_tx(
 ) -> Result<Written, RestError> {
     let cur = tx.current(rtype, id)?;
     check_if_match(cur.as_ref(), if_match, rtype, id)?;
+    check_references(
+        tx,
+        &resource,
+        &std::iter::once(format!("{rtype}/{id}")).collect(),
+    )?;
     let version = cur.as_ref().map_or(1, |c| c.version + 1);
     let created = cur.as_ref().is_none_or(|c| c.deleted);
-    let (nv, stored) = prepare(keyring, rtype, id, version, instant::now_ms(), resource, method)?;
+    let (nv, stored) = prepare(
+        keyring,
+        rtype,
+        id,
+        version,
+        instant::now_ms(),
+        resource,
+        method,
+    )?;
     tx.put_version(&nv)?;
     Ok(Written { created, stored })
 }
@@ -166,7 +216,9 @@ pub fn put_in_tx(
 /// Deletes `rtype/id` inside a write transaction; the new (deletion) version, if there was
 /// anything to delete.
 pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
-    let Some(cur) = tx.current(rtype, id)? else { return Ok(None) };
+    let Some(cur) = tx.current(rtype, id)? else {
+        return Ok(None);
+    };
     if cur.deleted {
         return Ok(None);
     }
@@ -184,10 +236,64 @@ pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64
     Ok(Some(nv.version))
 }
 
+/// Every relative literal reference (`Type/id`, optionally with `/_history/n`) in `resource`,
+/// anywhere in it (extensions and contained resources included).
+pub fn literal_refs(resource: &Value, out: &mut Vec<(String, String)>) {
+    match resource {
+        Value::Object(o) => {
+            for (k, v) in o {
+                if let ("reference", Value::String(r)) = (k.as_str(), v) {
+                    let segs: Vec<&str> = r.split('/').collect();
+                    if let [t, id] | [t, id, "_history", _] = segs.as_slice()
+                        && fhirdefs::definitions().is_resource_type(t)
+                    {
+                        out.push(((*t).to_owned(), (*id).to_owned()));
+                    }
+                } else {
+                    literal_refs(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| literal_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Referential integrity: every relative literal reference must name a current resource (or
+/// one this transaction is creating, listed in `creating` as `Type/id`).
+pub fn check_references(
+    tx: &mut dyn ReadTx,
+    resource: &Value,
+    creating: &std::collections::HashSet<String>,
+) -> Result<(), RestError> {
+    let mut refs = Vec::new();
+    literal_refs(resource, &mut refs);
+    for (t, id) in refs {
+        if creating.contains(&format!("{t}/{id}")) {
+            continue;
+        }
+        if tx.current(&t, &id)?.is_none_or(|c| c.deleted) {
+            return Err(RestError::BadRequest {
+                diagnostics: format!("the reference to {t}/{id} points at no existing resource"),
+                expression: None,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads a current resource through any read transaction: 404/410 as appropriate.
-pub fn read_in(r: &mut dyn ReadTx, keyring: &Keyring, rtype: &str, id: &str) -> Result<Stored, RestError> {
+pub fn read_in(
+    r: &mut dyn ReadTx,
+    keyring: &Keyring,
+    rtype: &str,
+    id: &str,
+) -> Result<Stored, RestError> {
     match r.current(rtype, id)? {
-        None => Err(RestError::NotFound { rtype: rtype.to_owned(), id: id.to_owned() }),
+        None => Err(RestError::NotFound {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+        }),
         Some(rec) if rec.deleted => Err(RestError::Gone {
             rtype: rtype.to_owned(),
             id: id.to_owned(),
@@ -212,8 +318,13 @@ pub fn create_in_tx(
             0 => {}
             1 => {
                 let rec = tx.load(&keys)?;
-                let rec = rec.first().ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
-                return Ok(Written { created: false, stored: open_record(keyring, rec)? });
+                let rec = rec
+                    .first()
+                    .ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
+                return Ok(Written {
+                    created: false,
+                    stored: open_record(keyring, rec)?,
+                });
             }
             n => {
                 return Err(RestError::PreconditionFailed(format!(
@@ -222,10 +333,14 @@ pub fn create_in_tx(
             }
         }
     }
+    check_references(tx, &resource, &Default::default())?;
     let id = new_id();
     let (nv, stored) = prepare(keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
     tx.put_version(&nv)?;
-    Ok(Written { created: true, stored })
+    Ok(Written {
+        created: true,
+        stored,
+    })
 }
 
 impl Rest {
@@ -251,9 +366,16 @@ impl Rest {
 
     /// One version of `rtype/id`.
     pub fn vread(&self, rtype: &str, id: &str, version: &str) -> Result<Stored, RestError> {
-        let not_found = || RestError::NotFound { rtype: rtype.to_owned(), id: id.to_owned() };
+        let not_found = || RestError::NotFound {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+        };
         let v: u64 = version.parse().map_err(|_| not_found())?;
-        let rec = self.store.reader()?.version(rtype, id, v)?.ok_or_else(not_found)?;
+        let rec = self
+            .store
+            .reader()?
+            .version(rtype, id, v)?
+            .ok_or_else(not_found)?;
         if rec.deleted {
             return Err(RestError::Gone {
                 rtype: rtype.to_owned(),
@@ -266,25 +388,54 @@ impl Rest {
     }
 
     /// Creates a resource with a server-assigned id; with `if_none_exist`, a conditional create.
-    pub fn create(&self, rtype: &str, resource: Value, if_none_exist: Option<&str>) -> Result<Written, RestError> {
+    pub fn create(
+        &self,
+        rtype: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<Written, RestError> {
         check_resource(rtype, &resource)?;
         let keyring = self.keyring();
         if if_none_exist.is_none() {
             // Everything but the insert happens here, in parallel with other callers.
             let id = new_id();
-            let (nv, stored) = prepare(&keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
+            let mut refs = Vec::new();
+            literal_refs(&resource, &mut refs);
+            let (nv, stored) =
+                prepare(&keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
             write_with(&*self.store, move |tx| {
+                for (t, rid) in refs {
+                    if tx.current(&t, &rid)?.is_none_or(|c| c.deleted) {
+                        return Err(RestError::BadRequest {
+                            diagnostics: format!(
+                                "the reference to {t}/{rid} points at no existing resource"
+                            ),
+                            expression: None,
+                        });
+                    }
+                }
                 tx.put_version(&nv)?;
                 Ok(())
             })?;
-            return Ok(Written { created: true, stored });
+            return Ok(Written {
+                created: true,
+                stored,
+            });
         }
         let (rtype, q) = (rtype.to_owned(), if_none_exist.map(str::to_owned));
-        write_with(&*self.store, move |tx| create_in_tx(tx, &keyring, &rtype, resource, q.as_deref()))
+        write_with(&*self.store, move |tx| {
+            create_in_tx(tx, &keyring, &rtype, resource, q.as_deref())
+        })
     }
 
     /// Updates (or creates, with the client's id) `rtype/id`.
-    pub fn update(&self, rtype: &str, id: &str, resource: Value, if_match: Option<u64>) -> Result<Written, RestError> {
+    pub fn update(
+        &self,
+        rtype: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+    ) -> Result<Written, RestError> {
         check_resource(rtype, &resource)?;
         match resource.get("id").and_then(Value::as_str) {
             Some(rid) if rid == id => {}
@@ -297,7 +448,9 @@ impl Rest {
         }
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        write_with(&*self.store, move |tx| put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT"))
+        write_with(&*self.store, move |tx| {
+            put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT")
+        })
     }
 
     /// Conditional update: the search `query` decides which resource (if any) is updated.
@@ -311,14 +464,24 @@ impl Rest {
         check_resource(rtype, &resource)?;
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        write_with(&*self.store, move |tx| conditional_update_in_tx(tx, &keyring, &rtype, &query, resource, if_match))
+        write_with(&*self.store, move |tx| {
+            conditional_update_in_tx(tx, &keyring, &rtype, &query, resource, if_match)
+        })
     }
 
     /// Applies an RFC 6902 JSON Patch to the current version, validates, and stores the result.
-    pub fn patch(&self, rtype: &str, id: &str, json_patch: Value, if_match: Option<u64>) -> Result<Written, RestError> {
+    pub fn patch(
+        &self,
+        rtype: &str,
+        id: &str,
+        json_patch: Value,
+        if_match: Option<u64>,
+    ) -> Result<Written, RestError> {
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        write_with(&*self.store, move |tx| patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match))
+        write_with(&*self.store, move |tx| {
+            patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match)
+        })
     }
 
     /// Deletes `rtype/id`; the deletion's version, or `None` when there was nothing to delete.
@@ -331,7 +494,9 @@ impl Rest {
     pub fn conditional_delete(&self, rtype: &str, query: &str) -> Result<usize, RestError> {
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        write_with(&*self.store, move |tx| conditional_delete_in_tx(tx, &keyring, &rtype, &query))
+        write_with(&*self.store, move |tx| {
+            conditional_delete_in_tx(tx, &keyring, &rtype, &query)
+        })
     }
 
     /// A search; answers a `searchset` Bundle.
@@ -362,7 +527,10 @@ pub fn conditional_update_in_tx(
     if_match: Option<u64>,
 ) -> Result<Written, RestError> {
     let keys = search::matching_keys(tx, keyring, rtype, query)?;
-    let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
+    let body_id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match keys.len() {
         0 => {
             let id = body_id.unwrap_or_else(new_id);
@@ -370,11 +538,15 @@ pub fn conditional_update_in_tx(
         }
         1 => {
             let recs = tx.load(&keys)?;
-            let rec = recs.first().ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
+            let rec = recs
+                .first()
+                .ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
             let id = rec.id.clone();
             if body_id.as_deref().is_some_and(|b| b != id) {
                 return Err(RestError::BadRequest {
-                    diagnostics: format!("the body's id does not match the resource the criteria select ({rtype}/{id})"),
+                    diagnostics: format!(
+                        "the body's id does not match the resource the criteria select ({rtype}/{id})"
+                    ),
                     expression: Some(format!("{rtype}.id")),
                 });
             }
@@ -391,7 +563,12 @@ pub fn conditional_update_in_tx(
 }
 
 /// Conditional delete inside a transaction.
-pub fn conditional_delete_in_tx(tx: &mut dyn Tx, keyring: &Keyring, rtype: &str, query: &str) -> Result<usize, RestError> {
+pub fn conditional_delete_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    rtype: &str,
+    query: &str,
+) -> Result<usize, RestError> {
     let keys = search::matching_keys(tx, keyring, rtype, query)?;
     let recs = tx.load(&keys)?;
     let mut n = 0;
@@ -428,13 +605,33 @@ pub fn patch_in_tx(
         rtype,
         id,
     )?;
-    let doc: Value = serde_json::from_slice(&cur.json).map_err(|e| RestError::Integrity(format!("stored JSON unreadable: {e}")))?;
+    let doc: Value = serde_json::from_slice(&cur.json)
+        .map_err(|e| RestError::Integrity(format!("stored JSON unreadable: {e}")))?;
     let patched = crate::patch::apply(doc, json_patch)?;
     if patched.get("id").and_then(Value::as_str) != Some(id) {
-        return Err(RestError::BadRequest { diagnostics: "a patch may not change the id".into(), expression: Some(format!("{rtype}.id")) });
+        return Err(RestError::BadRequest {
+            diagnostics: "a patch may not change the id".into(),
+            expression: Some(format!("{rtype}.id")),
+        });
     }
     check_resource(rtype, &patched)?;
-    let (nv, stored) = prepare(keyring, rtype, id, cur.version + 1, instant::now_ms(), patched, "PATCH")?;
+    check_references(
+        tx,
+        &patched,
+        &std::iter::once(format!("{rtype}/{id}")).collect(),
+    )?;
+    let (nv, stored) = prepare(
+        keyring,
+        rtype,
+        id,
+        cur.version + 1,
+        instant::now_ms(),
+        patched,
+        "PATCH",
+    )?;
     tx.put_version(&nv)?;
-    Ok(Written { created: false, stored })
+    Ok(Written {
+        created: false,
+        stored,
+    })
 }

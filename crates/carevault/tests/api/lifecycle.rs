@@ -106,8 +106,10 @@ async fn health_and_readiness_answer_without_a_token() {
     assert_eq!(st, 200);
     assert_eq!(cap["resourceType"], "CapabilityStatement");
     assert_eq!(cap["fhirVersion"], "4.0.1");
-    let types = cap["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(types.len(), 145, "every R4 resource type");
+    let mut types: Vec<String> =
+        cap["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap().to_string()).collect();
+    types.sort();
+    assert_eq!(types, official_resource_types(), "every R4 resource type, nothing else");
 }
 
 #[tokio::test]
@@ -174,4 +176,30 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     if answered {
         assert_eq!(total, 200, "an acknowledged transaction must survive");
     }
+}
+
+/// Concrete resource types of the official R4 package, read independently of the server.
+fn official_resource_types() -> Vec<String> {
+    use std::io::Read;
+    let path = crate::harness::shared_data().join("fhir-r4/profiles-resources.json.gz");
+    let out = std::process::Command::new("zcat").arg(path).output().expect("zcat");
+    let mut text = String::new();
+    out.stdout.as_slice().read_to_string(&mut text).unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| {
+            r["resourceType"] == "StructureDefinition"
+                && r["kind"] == "resource"
+                && r["abstract"] == false
+                && r["derivation"] == "specialization"
+                && r["fhirVersion"] == "4.0.1"
+        })
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
 }

@@ -62,6 +62,13 @@ async fn create_read_update_delete_with_versions_and_headers() {
     let (st, _, oo) = send(s.get("Patient/does-not-exist")).await;
     assert_eq!(st, 404);
     assert_eq!(oo["resourceType"], "OperationOutcome");
+
+    // The access log has a line per request but never the patient's data or id.
+    let log = s.log();
+    assert!(log.contains("/fhir/{type}/{id}"), "route templates are logged");
+    for phi in ["Lovelace", "Byron", "1970-05-01", id.as_str()] {
+        assert!(!log.contains(phi), "the log holds {phi}");
+    }
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ async fn search_kinds_modifiers_and_result_parameters() {
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "effectiveDateTime": "2020-01-01T00:00:00Z", "valueQuantity": {"value": 110, "system": "http://unitsofmeasure.org", "code": "/min"}})).await;
 
+    let s = &s;
     let q = |query: &'static str| async move {
         let (st, _, b) = send(s.get(query)).await;
         assert_eq!(st, 200, "{query}: {b}");

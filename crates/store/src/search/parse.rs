@@ -47,18 +47,24 @@ fn split_unescaped(v: &str, sep: char) -> Vec<String> {
     let mut chars = v.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            if let Some(&n) = chars.peek() {
-                if n == ',' || n == '|' || n == '$' || n == '\\' {
-                    out.last_mut().map(|s| s.push(n));
-                    chars.next();
-                    continue;
+            if let Some(&n) = chars.peek()
+                && (n == ',' || n == '|' || n == '$' || n == '\\')
+            {
+                if let Some(s) = out.last_mut() {
+                    s.push(n)
                 }
+                chars.next();
+                continue;
             }
-            out.last_mut().map(|s| s.push(c));
+            if let Some(s) = out.last_mut() {
+                s.push(c)
+            }
         } else if c == sep {
             out.push(String::new());
         } else {
-            out.last_mut().map(|s| s.push(c));
+            if let Some(s) = out.last_mut() {
+                s.push(c)
+            }
         }
     }
     out
@@ -80,15 +86,21 @@ fn split_bar(v: &str) -> (Option<String>, String) {
 const PREFIXES: [&str; 9] = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
 
 fn split_prefix(v: &str) -> (&str, &str) {
-    if v.len() > 2 && PREFIXES.contains(&&v[..2]) && v.as_bytes()[2].is_ascii_digit() | (v.as_bytes()[2] == b'-') {
-        (&v[..2], &v[2..])
-    } else {
-        ("eq", v)
+    match (v.get(..2), v.as_bytes().get(2)) {
+        (Some(p), Some(next))
+            if PREFIXES.contains(&p) && (next.is_ascii_digit() || *next == b'-') =>
+        {
+            (p, &v[2..])
+        }
+        _ => ("eq", v),
     }
 }
 
 fn bad_value(name: &str) -> RestError {
-    RestError::BadRequest { diagnostics: format!("the value of search parameter '{name}' is not valid"), expression: None }
+    RestError::BadRequest {
+        diagnostics: format!("the value of search parameter '{name}' is not valid"),
+        expression: None,
+    }
 }
 
 /// Range condition for a date-like search value against stored `[lo, hi)` ranges.
@@ -147,10 +159,10 @@ pub fn number_range(name: &str, value: &str) -> Result<RangeCond, RestError> {
 /// Strips the server's own base from an absolute reference.
 fn relative_ref<'v>(value: &'v str, base_url: &str) -> &'v str {
     let base = base_url.trim_end_matches('/');
-    if !base.is_empty() {
-        if let Some(rest) = value.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
-            return rest;
-        }
+    if !base.is_empty()
+        && let Some(rest) = value.strip_prefix(base).and_then(|r| r.strip_prefix('/'))
+    {
+        return rest;
     }
     value
 }
@@ -176,11 +188,24 @@ pub fn lookup(rtype: &str, code: &str) -> Option<SearchParam> {
         "_profile" => SearchParamType::Uri,
         _ => return None,
     };
-    Some(SearchParam { code: code.into(), kind, expression: None, targets: vec![], components: vec![] })
+    Some(SearchParam {
+        code: code.into(),
+        kind,
+        expression: None,
+        targets: vec![],
+        components: vec![],
+        component_expressions: vec![],
+    })
 }
 
 /// Parses one query parameter (`name`, raw `value`) of a search on `rtype`.
-pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base_url: &str) -> Result<Parsed, RestError> {
+pub fn parse_param(
+    keyring: &Keyring,
+    rtype: &str,
+    name: &str,
+    value: &str,
+    base_url: &str,
+) -> Result<Parsed, RestError> {
     if let Some(rest) = name.strip_prefix("_has:") {
         return parse_has(keyring, rtype, rest, value, base_url);
     }
@@ -198,19 +223,27 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             if modifier.is_some() {
                 return Ok(Parsed::Unsupported(format!("modifier on '{name}'")));
             }
-            return Ok(Parsed::Clause(values.into_iter().map(Cond::Id).collect(), None));
+            return Ok(Parsed::Clause(
+                values.into_iter().map(Cond::Id).collect(),
+                None,
+            ));
         }
         "_lastUpdated" => {
             if modifier.is_some() {
                 return Ok(Parsed::Unsupported(format!("modifier on '{name}'")));
             }
-            let conds = values.iter().map(|v| date_range(name, v).map(Cond::LastUpdated)).collect::<Result<_, _>>()?;
+            let conds = values
+                .iter()
+                .map(|v| date_range(name, v).map(Cond::LastUpdated))
+                .collect::<Result<_, _>>()?;
             return Ok(Parsed::Clause(conds, None));
         }
         _ => {}
     }
     let Some(sp) = lookup(rtype, code) else {
-        return Ok(Parsed::Unsupported(format!("unknown search parameter '{code}' for {rtype}")));
+        return Ok(Parsed::Unsupported(format!(
+            "unknown search parameter '{code}' for {rtype}"
+        )));
     };
     let param = ParamRef::new(rtype, code);
     if modifier == Some("missing") {
@@ -222,7 +255,14 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             "false" => false,
             _ => return Err(bad_value(name)),
         };
-        return Ok(Parsed::Clause(vec![Cond::Missing { param, kind, missing }], None));
+        return Ok(Parsed::Clause(
+            vec![Cond::Missing {
+                param,
+                kind,
+                missing,
+            }],
+            None,
+        ));
     }
     let t = |kind, v: &str| tag(keyring, &param, kind, v);
     match sp.kind {
@@ -237,13 +277,23 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
                         let clipped = indexing::clip_prefix(&n);
                         verify |= clipped.len() != n.len();
                         if n.is_empty() {
-                            conds.push(Cond::Missing { param: param.clone(), kind: IndexKind::Tag, missing: false });
+                            conds.push(Cond::Missing {
+                                param: param.clone(),
+                                kind: IndexKind::Tag,
+                                missing: false,
+                            });
                         } else {
-                            conds.push(Cond::Tag { param: param.clone(), tag: t(TagKind::StrPrefix, clipped) });
+                            conds.push(Cond::Tag {
+                                param: param.clone(),
+                                tag: t(TagKind::StrPrefix, clipped),
+                            });
                         }
                         checks.push(Check::Prefix(n));
                     }
-                    Some("exact") => conds.push(Cond::Tag { param: param.clone(), tag: t(TagKind::StrExact, v) }),
+                    Some("exact") => conds.push(Cond::Tag {
+                        param: param.clone(),
+                        tag: t(TagKind::StrExact, v),
+                    }),
                     Some("contains") => {
                         let n = fhirdefs::normalize_string(v);
                         if n.chars().count() < 3 {
@@ -252,15 +302,26 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
                                 expression: None,
                             });
                         }
-                        let tags = indexing::trigrams(&n).iter().map(|g| t(TagKind::StrTrigram, g)).collect();
-                        conds.push(Cond::AllTags { param: param.clone(), tags });
+                        let tags = indexing::trigrams(&n)
+                            .iter()
+                            .map(|g| t(TagKind::StrTrigram, g))
+                            .collect();
+                        conds.push(Cond::AllTags {
+                            param: param.clone(),
+                            tags,
+                        });
                         checks.push(Check::Contains(n));
                         verify = true;
                     }
-                    Some(m) => return Ok(Parsed::Unsupported(format!("modifier ':{m}' on '{code}'"))),
+                    Some(m) => {
+                        return Ok(Parsed::Unsupported(format!("modifier ':{m}' on '{code}'")));
+                    }
                 }
             }
-            let verifier = (verify && checks.len() == conds.len()).then(|| Verifier { code: code.into(), any_of: checks });
+            let verifier = (verify && checks.len() == conds.len()).then(|| Verifier {
+                code: code.into(),
+                any_of: checks,
+            });
             Ok(Parsed::Clause(conds, verifier))
         }
         SearchParamType::Token => {
@@ -272,7 +333,13 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             };
             match modifier {
                 None => Ok(Parsed::Clause(
-                    values.iter().map(|v| Cond::Tag { param: param.clone(), tag: token_tag(v) }).collect(),
+                    values
+                        .iter()
+                        .map(|v| Cond::Tag {
+                            param: param.clone(),
+                            tag: token_tag(v),
+                        })
+                        .collect(),
                     None,
                 )),
                 Some("not") => {
@@ -282,7 +349,18 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
                 Some("text") => Ok(Parsed::Clause(
                     values
                         .iter()
-                        .map(|v| Cond::Tag { param: param.clone(), tag: t(TagKind::TokText, &fhirdefs::normalize_string(v)) })
+                        .map(|v| {
+                            let n = fhirdefs::normalize_string(v);
+                            let tags = n
+                                .split(' ')
+                                .filter(|w| !w.is_empty())
+                                .map(|w| t(TagKind::TokText, w))
+                                .collect();
+                            Cond::AllTags {
+                                param: param.clone(),
+                                tags,
+                            }
+                        })
                         .collect(),
                     None,
                 )),
@@ -290,7 +368,16 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             }
         }
         SearchParamType::Uri => match modifier {
-            None => Ok(Parsed::Clause(values.iter().map(|v| Cond::Tag { param: param.clone(), tag: t(TagKind::Uri, v) }).collect(), None)),
+            None => Ok(Parsed::Clause(
+                values
+                    .iter()
+                    .map(|v| Cond::Tag {
+                        param: param.clone(),
+                        tag: t(TagKind::Uri, v),
+                    })
+                    .collect(),
+                None,
+            )),
             Some(m) => Ok(Parsed::Unsupported(format!("modifier ':{m}' on '{code}'"))),
         },
         SearchParamType::Reference => {
@@ -303,7 +390,12 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             for v in &values {
                 let v = relative_ref(v, base_url);
                 let cond = if v.contains("://") || v.starts_with("urn:") {
-                    Cond::Ref { param: param.clone(), ttype: String::new(), tid: String::new(), url: v.to_owned() }
+                    Cond::Ref {
+                        param: param.clone(),
+                        ttype: String::new(),
+                        tid: String::new(),
+                        url: v.to_owned(),
+                    }
                 } else {
                     let segs: Vec<&str> = v.split('/').collect();
                     let (ttype, tid) = match segs.as_slice() {
@@ -314,7 +406,12 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
                     if type_mod.is_some_and(|m| !ttype.is_empty() && m != ttype) {
                         Cond::Nothing
                     } else {
-                        Cond::Ref { param: param.clone(), ttype, tid, url: String::new() }
+                        Cond::Ref {
+                            param: param.clone(),
+                            ttype,
+                            tid,
+                            url: String::new(),
+                        }
                     }
                 };
                 conds.push(cond);
@@ -325,8 +422,15 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             if let Some(m) = modifier {
                 return Ok(Parsed::Unsupported(format!("modifier ':{m}' on '{code}'")));
             }
-            let conds =
-                values.iter().map(|v| date_range(name, v).map(|range| Cond::Date { param: param.clone(), range })).collect::<Result<_, _>>()?;
+            let conds = values
+                .iter()
+                .map(|v| {
+                    date_range(name, v).map(|range| Cond::Date {
+                        param: param.clone(),
+                        range,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             Ok(Parsed::Clause(conds, None))
         }
         SearchParamType::Number => {
@@ -335,7 +439,12 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
             }
             let conds = values
                 .iter()
-                .map(|v| number_range(name, v).map(|range| Cond::Number { param: param.clone(), range }))
+                .map(|v| {
+                    number_range(name, v).map(|range| Cond::Number {
+                        param: param.clone(),
+                        range,
+                    })
+                })
                 .collect::<Result<_, _>>()?;
             Ok(Parsed::Clause(conds, None))
         }
@@ -357,23 +466,36 @@ pub fn parse_param(keyring: &Keyring, rtype: &str, name: &str, value: &str, base
                     (true, false) => t(TagKind::QtyCode, unit),
                     (false, false) => t(TagKind::QtySystemCode, &format!("{system}|{unit}")),
                 };
-                conds.push(Cond::Quantity { param: param.clone(), tag: qtag, range });
+                conds.push(Cond::Quantity {
+                    param: param.clone(),
+                    tag: qtag,
+                    range,
+                });
             }
             Ok(Parsed::Clause(conds, None))
         }
-        SearchParamType::Composite | SearchParamType::Special => {
-            Ok(Parsed::Unsupported(format!("search parameter '{code}' (composite and special parameters are not supported)")))
-        }
+        SearchParamType::Composite | SearchParamType::Special => Ok(Parsed::Unsupported(format!(
+            "search parameter '{code}' (composite and special parameters are not supported)"
+        ))),
     }
 }
 
-fn parse_chain(keyring: &Keyring, rtype: &str, head: &str, chained: &str, value: &str, base_url: &str) -> Result<Parsed, RestError> {
+fn parse_chain(
+    keyring: &Keyring,
+    rtype: &str,
+    head: &str,
+    chained: &str,
+    value: &str,
+    base_url: &str,
+) -> Result<Parsed, RestError> {
     let (code, type_mod) = match head.split_once(':') {
         Some((c, m)) => (c, Some(m)),
         None => (head, None),
     };
     let Some(sp) = lookup(rtype, code).filter(|sp| sp.kind == SearchParamType::Reference) else {
-        return Ok(Parsed::Unsupported(format!("chained parameter '{head}' is not a reference parameter of {rtype}")));
+        return Ok(Parsed::Unsupported(format!(
+            "chained parameter '{head}' is not a reference parameter of {rtype}"
+        )));
     };
     let targets: Vec<String> = match type_mod {
         Some(t) => vec![t.to_owned()],
@@ -382,42 +504,64 @@ fn parse_chain(keyring: &Keyring, rtype: &str, head: &str, chained: &str, value:
     let mut conds = Vec::new();
     for target in targets {
         let chained_code = chained.split([':', '.']).next().unwrap_or(chained);
-        if chained_code != "_id" && chained_code != "_lastUpdated" && !chained_code.starts_with("_has") && lookup(&target, chained_code).is_none() {
+        if chained_code != "_id"
+            && chained_code != "_lastUpdated"
+            && !chained_code.starts_with("_has")
+            && lookup(&target, chained_code).is_none()
+        {
             continue;
         }
         match parse_param(keyring, &target, chained, value, base_url)? {
             Parsed::Clause(inner, _) => conds.push(Cond::Chain {
                 param: ParamRef::new(rtype, code),
                 target: target.clone(),
-                inner: Box::new(crate::plan::Plan { rtype: target, clauses: vec![inner] }),
+                inner: Box::new(crate::plan::Plan {
+                    rtype: target,
+                    clauses: vec![inner],
+                }),
             }),
             Parsed::Unsupported(why) => return Ok(Parsed::Unsupported(why)),
         }
     }
     if conds.is_empty() {
-        return Ok(Parsed::Unsupported(format!("chained parameter '{head}.{chained}'")));
+        return Ok(Parsed::Unsupported(format!(
+            "chained parameter '{head}.{chained}'"
+        )));
     }
     Ok(Parsed::Clause(conds, None))
 }
 
-fn parse_has(keyring: &Keyring, rtype: &str, rest: &str, value: &str, base_url: &str) -> Result<Parsed, RestError> {
+fn parse_has(
+    keyring: &Keyring,
+    rtype: &str,
+    rest: &str,
+    value: &str,
+    base_url: &str,
+) -> Result<Parsed, RestError> {
     // `_has:Observation:patient:code` (the inner part may itself be a `_has`).
     let mut it = rest.splitn(3, ':');
     let (Some(src), Some(refp), Some(inner_name)) = (it.next(), it.next(), it.next()) else {
-        return Err(RestError::bad("a _has parameter needs the form _has:Type:reference:parameter"));
+        return Err(RestError::bad(
+            "a _has parameter needs the form _has:Type:reference:parameter",
+        ));
     };
     if !fhirdefs::definitions().is_resource_type(src) {
         return Ok(Parsed::Unsupported(format!("_has on unknown type '{src}'")));
     }
     if lookup(src, refp).is_none_or(|sp| sp.kind != SearchParamType::Reference) {
-        return Ok(Parsed::Unsupported(format!("_has reference parameter '{refp}' of {src}")));
+        return Ok(Parsed::Unsupported(format!(
+            "_has reference parameter '{refp}' of {src}"
+        )));
     }
     let _ = rtype;
     match parse_param(keyring, src, inner_name, value, base_url)? {
         Parsed::Clause(inner, _) => Ok(Parsed::Clause(
             vec![Cond::Has {
                 param: ParamRef::new(src, refp),
-                inner: Box::new(crate::plan::Plan { rtype: src.to_owned(), clauses: vec![inner] }),
+                inner: Box::new(crate::plan::Plan {
+                    rtype: src.to_owned(),
+                    clauses: vec![inner],
+                }),
             }],
             None,
         )),

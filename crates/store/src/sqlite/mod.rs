@@ -42,16 +42,35 @@ pub fn open_sqlite(path: &Path, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>,
 impl SqliteStore {
     /// Opens (creating if needed) the store file and starts its writer thread.
     pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
-        let open_err = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         configure(&conn, false).map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&conn).map_err(|e| open_err(e.to_string()))?;
+        // Checkpoints run on their own connection and thread, off the writer's commit path.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
+            .map_err(|e| open_err(e.to_string()))?;
+        let checkpointer = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        configure(&checkpointer, false).map_err(|e| open_err(e.to_string()))?;
+        // RESTART and TRUNCATE wait for the writer and readers; never for long.
+        checkpointer
+            .busy_timeout(std::time::Duration::from_millis(200))
+            .map_err(|e| open_err(e.to_string()))?;
         let (send, recv) = std::sync::mpsc::channel();
+        let (tick_send, tick_recv) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("carevault-store-writer".into())
-            .spawn(move || writer_loop(conn, recv))
+            .spawn(move || writer_loop(conn, recv, tick_send))
             .map_err(|e| open_err(format!("the writer thread could not start: {e}")))?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        std::thread::Builder::new()
+            .name("carevault-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, tick_recv))
+            .map_err(|e| open_err(format!("the checkpoint thread could not start: {e}")))?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         Ok(SqliteStore {
             path: path.to_owned(),
             keyring,
@@ -65,7 +84,9 @@ impl SqliteStore {
         if let Some(c) = lock(&self.readers).pop() {
             return Ok(c);
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(&self.path, flags)?;
         configure(&conn, true)?;
         Ok(conn)
@@ -89,19 +110,21 @@ fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     conn.set_prepared_statement_cache_capacity(128);
     if read_only {
-        conn.execute_batch("PRAGMA query_only=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;")?;
+        conn.execute_batch(
+            "PRAGMA query_only=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
+        )?;
     } else {
         // WAL + FULL: every COMMIT fsyncs the WAL, so an acknowledged write survives kill -9 and
         // power loss; temp_store=MEMORY keeps sort/intersection scratch data off the disk.
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; \
-             PRAGMA cache_size=-65536; PRAGMA foreign_keys=OFF;",
+             PRAGMA cache_size=-65536; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
         )?;
     }
     Ok(())
 }
 
-fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>) {
+fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>, ticks: Sender<()>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -111,6 +134,51 @@ fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>) {
             }
         }
         run_group(&conn, group);
+        let _ = ticks.send(());
+    }
+    // The store was dropped: fold the WAL back into the database before closing.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// How long the checkpointer waits, after the last commit it saw, before a final pass.
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// WAL frames beyond which the checkpointer makes the writer start the log over.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Folds committed WAL frames back into the database after every group commit, so the log
+/// stays short and readers stay fast: PASSIVE (never waits) normally, RESTART when the log has
+/// grown past [`WAL_RESTART_FRAMES`] (waits briefly for the writer, then the log starts over
+/// and is cut to `journal_size_limit`), TRUNCATE once writes pause.
+fn checkpoint_loop(conn: Connection, ticks: Receiver<()>) {
+    let mut dirty = false;
+    loop {
+        let mode = match ticks.recv_timeout(CHECKPOINT_IDLE) {
+            Ok(()) => {
+                while ticks.try_recv().is_ok() {}
+                dirty = true;
+                "PASSIVE"
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !dirty => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                dirty = false;
+                "TRUNCATE"
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let run = |mode: &str| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(1)
+            })
+        };
+        match run(mode) {
+            Ok(frames) if frames > WAL_RESTART_FRAMES => {
+                if let Err(e) = run("RESTART") {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
     }
 }
 
@@ -149,16 +217,19 @@ fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
 }
 
 fn run_job(conn: &Connection, job: WriteJob) -> Result<(), RestError> {
-    conn.execute_batch("SAVEPOINT job").map_err(StoreError::from)?;
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(StoreError::from)?;
     let mut tx = SqlTx::new(conn);
     let result = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut tx as &mut dyn Tx))) {
         Ok(r) => r,
         Err(_) => Err(RestError::Store("a write job panicked".into())),
     };
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO job").map_err(StoreError::from)?;
+        conn.execute_batch("ROLLBACK TO job")
+            .map_err(StoreError::from)?;
     }
-    conn.execute_batch("RELEASE job").map_err(StoreError::from)?;
+    conn.execute_batch("RELEASE job")
+        .map_err(StoreError::from)?;
     result
 }
 
@@ -170,10 +241,10 @@ pub struct Reader<'s> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if conn.execute_batch("COMMIT").is_ok() {
-                self.store.give_back(conn);
-            }
+        if let Some(conn) = self.conn.take()
+            && conn.execute_batch("COMMIT").is_ok()
+        {
+            self.store.give_back(conn);
         }
     }
 }
@@ -195,7 +266,10 @@ impl Store for SqliteStore {
     fn reader(&self) -> Result<Box<dyn crate::backend::ReadTx + '_>, StoreError> {
         let conn = self.take_reader()?;
         conn.execute_batch("BEGIN")?;
-        Ok(Box::new(Reader { store: self, conn: Some(conn) }))
+        Ok(Box::new(Reader {
+            store: self,
+            conn: Some(conn),
+        }))
     }
 
     fn write(&self, job: WriteJob) -> Result<(), RestError> {
@@ -203,7 +277,8 @@ impl Store for SqliteStore {
         lock(&self.jobs)
             .send((job, send))
             .map_err(|_| RestError::Store("the store writer has stopped".into()))?;
-        recv.recv().map_err(|_| RestError::Store("the store writer has stopped".into()))?
+        recv.recv()
+            .map_err(|_| RestError::Store("the store writer has stopped".into()))?
     }
 }
 

@@ -4,8 +4,10 @@
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use crate::backend::{HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef, ReadTx, ResKey, Tx, VersionRecord};
-use crate::error::StoreError;
+use crate::backend::{
+    HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef, ReadTx, ResKey, Tx, VersionRecord,
+};
+use crate::error::{RestError, StoreError};
 use crate::plan::{Bound, Cond, IndexKind, Plan, RangeCond};
 
 /// Reads and writes over one SQLite connection (the writer's inside a savepoint, or a reader's
@@ -21,18 +23,21 @@ impl<'c> SqlTx<'c> {
     }
 }
 
-/// A parameter's small integer id: a stable 63-bit FNV-1a hash of `Type.code`, so ids need no
-/// table (and no state shared between processes) and are the same in every store.
-fn pid(p: &ParamRef) -> i64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in p.rtype.bytes().chain(std::iter::once(b'.')).chain(p.code.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h >> 1) as i64
+/// The first 64 bits of a blind tag, as stored: integer keys are smaller and compare faster,
+/// and a false match needs a 64-bit collision within one parameter (about 1e-13 for a million
+/// values).
+fn tag_int(t: &carevault_crypto::BlindTag) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&t[..8]);
+    i64::from_be_bytes(b)
 }
 
-const VERSION_COLS: &str = "r.rid, r.rtype, r.id, v.version, v.last_updated, v.deleted, v.method, v.body";
+fn pid(p: &ParamRef) -> i64 {
+    p.id().0
+}
+
+const VERSION_COLS: &str =
+    "r.rid, r.rtype, r.id, v.version, v.last_updated, v.deleted, v.method, v.body";
 
 fn version_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
     Ok(VersionRecord {
@@ -56,12 +61,19 @@ impl ReadTx for SqlTx<'_> {
         Ok(st.query_row(params![rtype, id], version_row).optional()?)
     }
 
-    fn version(&mut self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+    fn version(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {VERSION_COLS} FROM res r JOIN ver v ON v.rid = r.rid \
              WHERE r.rtype = ?1 AND r.id = ?2 AND v.version = ?3"
         ))?;
-        Ok(st.query_row(params![rtype, id, version as i64], version_row).optional()?)
+        Ok(st
+            .query_row(params![rtype, id, version as i64], version_row)
+            .optional()?)
     }
 
     fn load(&mut self, keys: &[ResKey]) -> Result<Vec<VersionRecord>, StoreError> {
@@ -78,7 +90,13 @@ impl ReadTx for SqlTx<'_> {
         Ok(out)
     }
 
-    fn search(&mut self, plan: &Plan, sort: NativeSort, offset: usize, limit: usize) -> Result<Vec<ResKey>, StoreError> {
+    fn search(
+        &mut self,
+        plan: &Plan,
+        sort: NativeSort,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ResKey>, StoreError> {
         let mut args = Vec::new();
         let inner = plan_sql(plan, &mut args);
         let sql = match sort {
@@ -96,18 +114,25 @@ impl ReadTx for SqlTx<'_> {
         args.push(Sql::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
         let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
-        rows.map(|r| r.map(ResKey).map_err(StoreError::from)).collect()
+        rows.map(|r| r.map(ResKey).map_err(StoreError::from))
+            .collect()
     }
 
     fn count(&mut self, plan: &Plan) -> Result<usize, StoreError> {
         let mut args = Vec::new();
         let inner = plan_sql(plan, &mut args);
-        let mut st = self.conn.prepare_cached(&format!("SELECT count(*) FROM ({inner})"))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT count(*) FROM ({inner})"))?;
         let n: i64 = st.query_row(params_from_iter(args), |r| r.get(0))?;
         Ok(n as usize)
     }
 
-    fn refs_from(&mut self, keys: &[ResKey], param: &ParamRef) -> Result<Vec<(String, String)>, StoreError> {
+    fn refs_from(
+        &mut self,
+        keys: &[ResKey],
+        param: &ParamRef,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self
             .conn
             .prepare_cached("SELECT ttype, tid FROM ix_ref WHERE rid = ?1 AND pid = ?2 AND tid <> '' AND ttype <> ''")?;
@@ -121,8 +146,14 @@ impl ReadTx for SqlTx<'_> {
         Ok(out)
     }
 
-    fn refs_to(&mut self, param: &ParamRef, targets: &[(String, String)]) -> Result<Vec<ResKey>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT rid FROM ix_ref WHERE pid = ?1 AND tid = ?2 AND ttype = ?3")?;
+    fn refs_to(
+        &mut self,
+        param: &ParamRef,
+        targets: &[(String, String)],
+    ) -> Result<Vec<ResKey>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT rid FROM ix_ref WHERE pid = ?1 AND tid = ?2 AND ttype = ?3")?;
         let mut out = Vec::new();
         for (t, id) in targets {
             let rows = st.query_map(params![pid(param), id, t], |r| r.get::<_, i64>(0))?;
@@ -153,7 +184,11 @@ impl ReadTx for SqlTx<'_> {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
-    fn history_count(&mut self, scope: HistoryScope<'_>, since_ms: Option<i64>) -> Result<usize, StoreError> {
+    fn history_count(
+        &mut self,
+        scope: HistoryScope<'_>,
+        since_ms: Option<i64>,
+    ) -> Result<usize, StoreError> {
         let (filter, args) = history_filter(scope, since_ms);
         let sql = format!("SELECT count(*) FROM ver v JOIN res r ON r.rid = v.rid WHERE {filter}");
         let mut st = self.conn.prepare_cached(&sql)?;
@@ -162,12 +197,16 @@ impl ReadTx for SqlTx<'_> {
     }
 
     fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT body FROM system_record WHERE kind = ?1 AND key = ?2")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT body FROM system_record WHERE kind = ?1 AND key = ?2")?;
         Ok(st.query_row(params![kind, key], |r| r.get(0)).optional()?)
     }
 
     fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT key, body FROM system_record WHERE kind = ?1 ORDER BY key")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key, body FROM system_record WHERE kind = ?1 ORDER BY key")?;
         let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
@@ -199,29 +238,56 @@ impl Tx for SqlTx<'_> {
     fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError> {
         let conn = self.conn;
         let deleted = i64::from(v.deleted);
+        // The tag rows' keys, kept with the resource so an update can delete exactly them:
+        // cheaper than a second index on ix_tag by rid (tags are most of the index).
+        let mut tag_keys = Vec::with_capacity(v.index.len() * 16);
+        for row in &v.index {
+            if let IndexRow::Tag { param, tag } = row {
+                tag_keys.extend_from_slice(&param.0.to_be_bytes());
+                tag_keys.extend_from_slice(&tag_int(tag).to_be_bytes());
+            }
+        }
         let rid: i64 = if v.version == 1 {
             let mut st = conn.prepare_cached(
-                "INSERT INTO res (rtype, id, version, last_updated, deleted) VALUES (?1, ?2, 1, ?3, ?4)",
+                "INSERT INTO res (rtype, id, version, last_updated, deleted, tag_keys) VALUES (?1, ?2, 1, ?3, ?4, ?5)",
             )?;
-            st.execute(params![v.rtype, v.id, v.last_updated_ms, deleted])
-                .map_err(|e| StoreError::Backend(format!("{}/{} already exists: {e}", v.rtype, v.id)))?;
+            st.execute(params![v.rtype, v.id, v.last_updated_ms, deleted, tag_keys])
+                .map_err(|e| {
+                    StoreError::Backend(format!("{}/{} already exists: {e}", v.rtype, v.id))
+                })?;
             conn.last_insert_rowid()
         } else {
             let mut st = conn.prepare_cached(
-                "UPDATE res SET version = ?1, last_updated = ?2, deleted = ?3 \
-                 WHERE rtype = ?4 AND id = ?5 AND version = ?6 RETURNING rid",
+                "SELECT rid, tag_keys FROM res WHERE rtype = ?1 AND id = ?2 AND version = ?3",
             )?;
-            let rid: Option<i64> = st
-                .query_row(
-                    params![v.version as i64, v.last_updated_ms, deleted, v.rtype, v.id, v.version as i64 - 1],
-                    |r| r.get(0),
-                )
+            let old: Option<(i64, Vec<u8>)> = st
+                .query_row(params![v.rtype, v.id, v.version as i64 - 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
-            let rid = rid.ok_or_else(|| {
-                StoreError::Backend(format!("{}/{} is not at version {}", v.rtype, v.id, v.version - 1))
+            let (rid, old_keys) = old.ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "{}/{} is not at version {}",
+                    v.rtype,
+                    v.id,
+                    v.version - 1
+                ))
             })?;
-            for table in ["ix_tag", "ix_ref", "ix_date", "ix_num", "ix_qty"] {
-                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?.execute([rid])?;
+            conn.prepare_cached(
+                "UPDATE res SET version = ?1, last_updated = ?2, deleted = ?3, tag_keys = ?4 WHERE rid = ?5",
+            )?
+            .execute(params![v.version as i64, v.last_updated_ms, deleted, tag_keys, rid])?;
+            let mut del =
+                conn.prepare_cached("DELETE FROM ix_tag WHERE pid = ?1 AND tag = ?2 AND rid = ?3")?;
+            for key in old_keys.chunks_exact(16) {
+                let (mut p, mut t) = ([0u8; 8], [0u8; 8]);
+                p.copy_from_slice(&key[..8]);
+                t.copy_from_slice(&key[8..]);
+                del.execute(params![i64::from_be_bytes(p), i64::from_be_bytes(t), rid])?;
+            }
+            for table in ["ix_ref", "ix_date", "ix_num", "ix_qty"] {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?
+                    .execute([rid])?;
             }
             rid
         };
@@ -230,23 +296,43 @@ impl Tx for SqlTx<'_> {
         )?
         .execute(params![rid, v.version as i64, v.last_updated_ms, deleted, v.method, v.sealed])?;
         if !v.index.is_empty() {
-            let mut tag = conn.prepare_cached("INSERT OR IGNORE INTO ix_tag (pid, tag, rid) VALUES (?1, ?2, ?3)")?;
+            let mut tag = conn.prepare_cached(
+                "INSERT OR IGNORE INTO ix_tag (pid, tag, rid) VALUES (?1, ?2, ?3)",
+            )?;
             let mut rf = conn
                 .prepare_cached("INSERT OR IGNORE INTO ix_ref (pid, tid, ttype, url, rid) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            let mut date =
-                conn.prepare_cached("INSERT OR IGNORE INTO ix_date (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut num = conn.prepare_cached("INSERT OR IGNORE INTO ix_num (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut qty =
-                conn.prepare_cached("INSERT OR IGNORE INTO ix_qty (pid, tag, lo, hi, rid) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut date = conn.prepare_cached(
+                "INSERT OR IGNORE INTO ix_date (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut num = conn.prepare_cached(
+                "INSERT OR IGNORE INTO ix_num (pid, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut qty = conn.prepare_cached(
+                "INSERT OR IGNORE INTO ix_qty (pid, tag, lo, hi, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             for row in &v.index {
                 match row {
-                    IndexRow::Tag { param, tag: t } => tag.execute(params![pid(param), &t[..], rid])?,
-                    IndexRow::Ref { param, ttype, tid, url } => rf.execute(params![pid(param), tid, ttype, url, rid])?,
-                    IndexRow::Date { param, lo, hi } => date.execute(params![pid(param), lo, hi, rid])?,
-                    IndexRow::Number { param, lo, hi } => num.execute(params![pid(param), lo, hi, rid])?,
-                    IndexRow::Quantity { param, tag: t, lo, hi } => {
-                        qty.execute(params![pid(param), &t[..], lo, hi, rid])?
+                    IndexRow::Tag { param, tag: t } => {
+                        tag.execute(params![param.0, tag_int(t), rid])?
                     }
+                    IndexRow::Ref {
+                        param,
+                        ttype,
+                        tid,
+                        url,
+                    } => rf.execute(params![param.0, tid, ttype, url, rid])?,
+                    IndexRow::Date { param, lo, hi } => {
+                        date.execute(params![param.0, lo, hi, rid])?
+                    }
+                    IndexRow::Number { param, lo, hi } => {
+                        num.execute(params![param.0, lo, hi, rid])?
+                    }
+                    IndexRow::Quantity {
+                        param,
+                        tag: t,
+                        lo,
+                        hi,
+                    } => qty.execute(params![param.0, tag_int(t), lo, hi, rid])?,
                 };
             }
         }
@@ -254,15 +340,43 @@ impl Tx for SqlTx<'_> {
     }
 
     fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError> {
-        self.conn.prepare_cached("INSERT INTO audit_log (entry) VALUES (?1)")?.execute([entry])?;
+        self.conn
+            .prepare_cached("INSERT INTO audit_log (entry) VALUES (?1)")?
+            .execute([entry])?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
-    fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8]) -> Result<(), StoreError> {
+    fn put_system_record(
+        &mut self,
+        kind: &str,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO system_record (kind, key, body) VALUES (?1, ?2, ?3)")?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO system_record (kind, key, body) VALUES (?1, ?2, ?3)",
+            )?
             .execute(params![kind, key, sealed])?;
         Ok(())
+    }
+
+    fn nested(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), RestError>,
+    ) -> Result<(), RestError> {
+        self.conn
+            .execute_batch("SAVEPOINT entry")
+            .map_err(StoreError::from)?;
+        let result = f(self);
+        if result.is_err() {
+            self.conn
+                .execute_batch("ROLLBACK TO entry")
+                .map_err(StoreError::from)?;
+        }
+        self.conn
+            .execute_batch("RELEASE entry")
+            .map_err(StoreError::from)?;
+        result
     }
 
     fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
@@ -284,9 +398,16 @@ fn plan_sql(plan: &Plan, args: &mut Vec<Sql>) -> String {
         .clauses
         .iter()
         .map(|clause| {
-            let ors: Vec<String> =
-                clause.iter().map(|c| format!("SELECT rid FROM ({})", cond_sql(&plan.rtype, c, args))).collect();
-            if ors.is_empty() { "SELECT rid FROM res WHERE 0".to_owned() } else { ors.join(" UNION ") }
+            let ors: Vec<String> = clause
+                .iter()
+                .map(|c| format!("SELECT rid FROM ({})", cond_sql(&plan.rtype, c, args)))
+                .collect();
+            match ors.len() {
+                0 => "SELECT rid FROM res WHERE 0".to_owned(),
+                // UNION and INTERSECT deduplicate; a lone condition needs DISTINCT.
+                1 => ors[0].replacen("SELECT rid", "SELECT DISTINCT rid", 1),
+                _ => ors.join(" UNION "),
+            }
         })
         .map(|s| format!("SELECT rid FROM ({s})"))
         .collect();
@@ -305,7 +426,11 @@ fn range_sql(range: &RangeCond, args: &mut Vec<Sql>, lo: &str, hi: &str) -> Stri
         parts.push(format!("{col} {op} ?"));
         args.push(Sql::Real(v));
     }
-    if parts.is_empty() { "1".into() } else { parts.join(" AND ") }
+    if parts.is_empty() {
+        "1".into()
+    } else {
+        parts.join(" AND ")
+    }
 }
 
 fn not_in(rtype: &str, inner: String, args_before: Vec<Sql>, args: &mut Vec<Sql>) -> String {
@@ -324,12 +449,16 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
         Cond::LastUpdated(range) => {
             args.push(Sql::Text(rtype.to_owned()));
             let r = range_sql(range, args, "last_updated", "(last_updated + 1)");
-            let r = if range.negate { format!("NOT ({r})") } else { r };
+            let r = if range.negate {
+                format!("NOT ({r})")
+            } else {
+                r
+            };
             format!("SELECT rid FROM res WHERE rtype = ? AND deleted = 0 AND {r}")
         }
         Cond::Tag { param, tag } => {
             args.push(Sql::Integer(pid(param)));
-            args.push(Sql::Blob(tag.to_vec()));
+            args.push(Sql::Integer(tag_int(tag)));
             "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".into()
         }
         Cond::AllTags { param, tags } => {
@@ -340,7 +469,7 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
                 .iter()
                 .map(|t| {
                     args.push(Sql::Integer(pid(param)));
-                    args.push(Sql::Blob(t.to_vec()));
+                    args.push(Sql::Integer(tag_int(t)));
                     "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".to_owned()
                 })
                 .collect();
@@ -351,14 +480,22 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
             let qs: Vec<&str> = tags
                 .iter()
                 .map(|t| {
-                    inner_args.push(Sql::Blob(t.to_vec()));
+                    inner_args.push(Sql::Integer(tag_int(t)));
                     "?"
                 })
                 .collect();
-            let inner = format!("SELECT rid FROM ix_tag WHERE pid = ? AND tag IN ({})", qs.join(","));
+            let inner = format!(
+                "SELECT rid FROM ix_tag WHERE pid = ? AND tag IN ({})",
+                qs.join(",")
+            );
             not_in(rtype, inner, inner_args, args)
         }
-        Cond::Ref { param, ttype, tid, url } => {
+        Cond::Ref {
+            param,
+            ttype,
+            tid,
+            url,
+        } => {
             args.push(Sql::Integer(pid(param)));
             let mut sql = String::from("SELECT rid FROM ix_ref WHERE pid = ?");
             for (col, v) in [("tid", tid), ("ttype", ttype), ("url", url)] {
@@ -371,8 +508,14 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
         }
         Cond::Date { param, range } => ranged(rtype, "ix_date", param, None, range, args),
         Cond::Number { param, range } => ranged(rtype, "ix_num", param, None, range, args),
-        Cond::Quantity { param, tag, range } => ranged(rtype, "ix_qty", param, Some(tag), range, args),
-        Cond::Missing { param, kind, missing } => {
+        Cond::Quantity { param, tag, range } => {
+            ranged(rtype, "ix_qty", param, Some(tag), range, args)
+        }
+        Cond::Missing {
+            param,
+            kind,
+            missing,
+        } => {
             let table = match kind {
                 IndexKind::Tag => "ix_tag",
                 IndexKind::Ref => "ix_ref",
@@ -388,12 +531,18 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
                 inner
             }
         }
-        Cond::Chain { param, target, inner } => {
+        Cond::Chain {
+            param,
+            target,
+            inner,
+        } => {
             args.push(Sql::Integer(pid(param)));
             args.push(Sql::Text(target.clone()));
             args.push(Sql::Text(inner.rtype.clone()));
             let sub = plan_sql(inner, args);
-            format!("SELECT rid FROM ix_ref WHERE pid = ? AND ttype = ? AND tid IN (SELECT id FROM res WHERE rtype = ? AND rid IN ({sub}))")
+            format!(
+                "SELECT rid FROM ix_ref WHERE pid = ? AND ttype = ? AND tid IN (SELECT id FROM res WHERE rtype = ? AND rid IN ({sub}))"
+            )
         }
         Cond::Has { param, inner } => {
             args.push(Sql::Text(rtype.to_owned()));
@@ -421,14 +570,16 @@ fn ranged(
     let mut sql = format!("SELECT rid FROM {table} WHERE pid = ?");
     if let Some(t) = tag {
         sql.push_str(" AND tag = ?");
-        inner_args.push(Sql::Blob(t.to_vec()));
+        inner_args.push(Sql::Integer(tag_int(t)));
     }
     let r = range_sql(range, &mut inner_args, "lo", "hi");
-    sql.push_str(&format!(" AND {r}"));
+    // `ne`: resources holding a value outside the range (not those without any value).
     if range.negate {
-        not_in(rtype, sql, inner_args, args)
+        sql.push_str(&format!(" AND NOT ({r})"));
     } else {
-        args.extend(inner_args);
-        sql
+        sql.push_str(&format!(" AND {r}"));
     }
+    let _ = rtype;
+    args.extend(inner_args);
+    sql
 }

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS res (
@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS res (
     version INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
+    tag_keys BLOB NOT NULL,      -- (pid, tag) pairs (2 x 8 bytes) of the current version's ix_tag rows
     UNIQUE (rtype, id)
 );
 CREATE INDEX IF NOT EXISTS res_lu ON res (rtype, last_updated);
@@ -27,10 +28,9 @@ CREATE TABLE IF NOT EXISTS ver (
     UNIQUE (rid, version)
 );
 CREATE TABLE IF NOT EXISTS ix_tag (
-    pid INTEGER NOT NULL, tag BLOB NOT NULL, rid INTEGER NOT NULL,
+    pid INTEGER NOT NULL, tag INTEGER NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, tag, rid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_tag_rid ON ix_tag (rid);
 CREATE TABLE IF NOT EXISTS ix_ref (
     pid INTEGER NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, tid, ttype, url, rid)
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS ix_num (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_num_rid ON ix_num (rid);
 CREATE TABLE IF NOT EXISTS ix_qty (
-    pid INTEGER NOT NULL, tag BLOB NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
+    pid INTEGER NOT NULL, tag INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (pid, tag, lo, hi, rid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_qty_rid ON ix_qty (rid);
@@ -65,6 +65,12 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if v > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "store schema version {v} is newer than this carevault supports ({SCHEMA_VERSION}); upgrade carevault"
+        )));
+    }
+    if v != 0 && v < SCHEMA_VERSION {
+        // Version 1 only ever existed in development builds.
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "store schema version {v} is from a development build of carevault; move the data directory aside and import again"
         )));
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -1,0 +1,132 @@
+//! `carevault client`: register and manage OAuth clients (apps and interfaces).
+
+use crate::DataArg;
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+use std::path::{Path, PathBuf};
+
+/// `carevault client ...`
+#[derive(clap::Subcommand)]
+pub enum ClientCommand {
+    /// Register a client and print its client_id.
+    Add(AddArgs),
+    /// List clients.
+    List {
+        #[command(flatten)]
+        data: DataArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a client: its tokens stop working at once.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Replace a client's secret; the old one stops working.
+    RotateSecret {
+        name: String,
+        #[command(flatten)]
+        data: DataArg,
+        /// Where to write the new secret (created 0600).
+        #[arg(long, value_name = "FILE", required = true)]
+        secret_out: PathBuf,
+    },
+}
+
+/// Flags of `client add`.
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// Client name, which is also its client_id: 1-64 of a-z, 0-9, '.', '_', '-'.
+    name: String,
+    /// Space-separated SMART scopes, e.g. "system/*.rs".
+    #[arg(long, required = true)]
+    scope: String,
+    /// Redirect URI of a SMART app (may repeat).
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    redirect_uri: Vec<String>,
+    /// A public SMART app (no secret; PKCE).
+    #[arg(long, conflicts_with_all = ["secret_out", "jwks"])]
+    public: bool,
+    /// Give the client a secret (client_secret_basic), written to FILE (created 0600).
+    #[arg(long, value_name = "FILE", conflicts_with = "jwks")]
+    secret_out: Option<PathBuf>,
+    /// Public key set of a SMART Backend Services client (private_key_jwt).
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+/// Runs a client command.
+pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Add(a) => add(a),
+        ClientCommand::List { data, json } => list(&data.data, json),
+        ClientCommand::Disable { name, data } => {
+            let clients = open(&data.data)?;
+            clients.disable(&name).with_context(|| format!("cannot disable client {name}"))?;
+            println!("Client {name} is disabled; its tokens no longer work.");
+            Ok(())
+        }
+        ClientCommand::RotateSecret { name, data, secret_out } => {
+            let clients = open(&data.data)?;
+            let secret = clients.rotate_secret(&name).with_context(|| format!("cannot rotate the secret of {name}"))?;
+            write_secret(&secret_out, secret.expose_secret())?;
+            println!("New secret of {name} written to {}.", secret_out.display());
+            Ok(())
+        }
+    }
+}
+
+fn add(a: AddArgs) -> anyhow::Result<()> {
+    if !a.redirect_uri.is_empty() || a.public || a.jwks.is_some() {
+        bail!("SMART apps (--redirect-uri, --public) and Backend Services clients (--jwks) arrive with the access-control work; register a system client with --secret-out for now");
+    }
+    let Some(secret_out) = a.secret_out else {
+        bail!("a system client needs --secret-out FILE (or --jwks FILE) to receive its credentials");
+    };
+    if secret_out.exists() {
+        bail!("{} already exists; choose a new file so no secret is overwritten", secret_out.display());
+    }
+    let clients = open(&a.data.data)?;
+    let (record, secret) = clients.add(&a.name, &a.scope).with_context(|| format!("cannot register client {}", a.name))?;
+    write_secret(&secret_out, secret.expose_secret())?;
+    println!("{}", record.client_id);
+    Ok(())
+}
+
+fn list(data: &Path, json: bool) -> anyhow::Result<()> {
+    let clients = open(data)?.list().context("cannot list clients")?;
+    if json {
+        let rows: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                serde_json::json!({"client_id": c.client_id, "name": c.name, "scopes": c.scopes,
+                    "kind": format!("{:?}", c.kind), "disabled": c.disabled})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for c in &clients {
+            println!(
+                "{:<24} {:<9} {}",
+                c.client_id,
+                if c.disabled { "disabled" } else { "enabled" },
+                c.scopes.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn open(data: &Path) -> anyhow::Result<carevault_auth::Clients> {
+    let parts = crate::parts::open_existing(data)?;
+    carevault_server::records::open_clients(parts.rest.store().clone()).context("cannot open the client registry")
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    carevault_server::datadir::write_private(path, format!("{secret}\n").as_bytes(), 0o600)
+        .with_context(|| format!("cannot write the secret to {}", path.display()))
+}

@@ -1,0 +1,47 @@
+//! Adapts the store's sealed system-record table to the record interface auth persists through.
+
+use carevault_store::Store;
+use std::sync::Arc;
+
+/// OAuth clients, signing keys and (later) accounts, kept sealed in the store.
+pub struct SystemRecords(pub Arc<dyn Store>);
+
+impl carevault_auth::RecordStore for SystemRecords {
+    fn put(&self, kind: &str, key: &str, body: &[u8]) -> Result<(), String> {
+        carevault_store::put_system_record(self.0.as_ref(), kind, key, body).map_err(|e| e.to_string())
+    }
+
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        carevault_store::get_system_record(self.0.as_ref(), kind, key).map_err(|e| e.to_string())
+    }
+
+    fn list(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        carevault_store::list_system_records(self.0.as_ref(), kind).map_err(|e| e.to_string())
+    }
+}
+
+/// Opens the auth service of a running server: issuer `https://host:port`, audience the FHIR base.
+pub fn open_auth(
+    store: Arc<dyn Store>,
+    fhir_base_url: &str,
+    token_lifetime: std::time::Duration,
+) -> Result<carevault_auth::AuthService, carevault_auth::TokenError> {
+    let issuer = fhir_base_url.trim_end_matches("/fhir");
+    carevault_auth::AuthService::open(
+        Arc::new(SystemRecords(store)),
+        issuer,
+        fhir_base_url,
+        token_lifetime,
+        Arc::new(carevault_auth::SystemClock),
+        Arc::new(carevault_auth::SystemRng::new()),
+    )
+}
+
+/// The client registry alone, for admin commands (never creates the signing key).
+pub fn open_clients(store: Arc<dyn Store>) -> Result<carevault_auth::Clients, carevault_auth::AuthError> {
+    carevault_auth::Clients::new(
+        Arc::new(SystemRecords(store)),
+        Arc::new(carevault_auth::SystemClock),
+        Arc::new(carevault_auth::SystemRng::new()),
+    )
+}
