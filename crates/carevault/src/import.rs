@@ -19,7 +19,7 @@ pub struct ImportArgs {
     #[command(flatten)]
     data: DataArg,
     /// Transaction bundles loaded at once (batches and NDJSON always load one at a time, first).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     jobs: usize,
     /// Print the summary as JSON.
     #[arg(long)]

@@ -200,7 +200,7 @@ pub trait ReadTx {
         scope: HistoryScope<'_>,
         since_ms: Option<i64>,
     ) -> Result<usize, StoreError>;
-    /// A sealed system record (see [`Store::put_system_record`]).
+    /// A sealed system record (see [`put_system_record`]).
     fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// All sealed system records of one kind, by key.
     fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;

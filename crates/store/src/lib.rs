@@ -5,7 +5,17 @@
 //! Data flow of a write: [`Rest`] validates and stamps the resource, serialises it once, derives
 //! its index rows (blinding every PHI-derived value) and seals the body with the keyring, then
 //! hands a job to the store's single writer, which group-commits it with whatever else is
-//! waiting. Reads run on pooled read-only connections and decrypt what they return.
+//! waiting (one fsync per group). Reads run on pooled read-only connections, each in its own
+//! snapshot, and return the stored bytes after decryption.
+//!
+//! What is on disk: version bodies sealed to `Type/id/_history/v`; strings, tokens and uris as
+//! blind tags (whole value, prefixes up to 24 characters, trigrams, exact text; `system|code`,
+//! `code`, `|code`, `system|`, words of the display text); references in clear (server ids are
+//! not PHI); dates, numbers and quantity values as numbers (issue 5). Paging is by offset over
+//! a stable order (creation order, or the requested sort with creation order as tie-break).
+//!
+//! Throughput: the writer is the serial part; importers should submit several bundles at once
+//! (`carevault import` runs parallel jobs) so that their transactions share commits.
 #![forbid(unsafe_code)]
 
 pub mod backend;

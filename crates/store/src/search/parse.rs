@@ -1,4 +1,4 @@
-//! Parsing of search parameters into a backend-neutral [`Plan`], driven by the SearchParameter
+//! Parsing of search parameters into a backend-neutral [`Plan`](crate::plan::Plan), driven by the SearchParameter
 //! tables: every kind, modifier and prefix the server supports, and the blind tags to look up.
 
 use carevault_crypto::Keyring;
