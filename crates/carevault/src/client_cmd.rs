@@ -66,13 +66,21 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::List { data, json } => list(&data.data, json),
         ClientCommand::Disable { name, data } => {
             let clients = open(&data.data)?;
-            clients.disable(&name).with_context(|| format!("cannot disable client {name}"))?;
+            clients
+                .disable(&name)
+                .with_context(|| format!("cannot disable client {name}"))?;
             println!("Client {name} is disabled; its tokens no longer work.");
             Ok(())
         }
-        ClientCommand::RotateSecret { name, data, secret_out } => {
+        ClientCommand::RotateSecret {
+            name,
+            data,
+            secret_out,
+        } => {
             let clients = open(&data.data)?;
-            let secret = clients.rotate_secret(&name).with_context(|| format!("cannot rotate the secret of {name}"))?;
+            let secret = clients
+                .rotate_secret(&name)
+                .with_context(|| format!("cannot rotate the secret of {name}"))?;
             write_secret(&secret_out, secret.expose_secret())?;
             println!("New secret of {name} written to {}.", secret_out.display());
             Ok(())
@@ -82,16 +90,25 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
 
 fn add(a: AddArgs) -> anyhow::Result<()> {
     if !a.redirect_uri.is_empty() || a.public || a.jwks.is_some() {
-        bail!("SMART apps (--redirect-uri, --public) and Backend Services clients (--jwks) arrive with the access-control work; register a system client with --secret-out for now");
+        bail!(
+            "SMART apps (--redirect-uri, --public) and Backend Services clients (--jwks) arrive with the access-control work; register a system client with --secret-out for now"
+        );
     }
     let Some(secret_out) = a.secret_out else {
-        bail!("a system client needs --secret-out FILE (or --jwks FILE) to receive its credentials");
+        bail!(
+            "a system client needs --secret-out FILE (or --jwks FILE) to receive its credentials"
+        );
     };
     if secret_out.exists() {
-        bail!("{} already exists; choose a new file so no secret is overwritten", secret_out.display());
+        bail!(
+            "{} already exists; choose a new file so no secret is overwritten",
+            secret_out.display()
+        );
     }
     let clients = open(&a.data.data)?;
-    let (record, secret) = clients.add(&a.name, &a.scope).with_context(|| format!("cannot register client {}", a.name))?;
+    let (record, secret) = clients
+        .add(&a.name, &a.scope)
+        .with_context(|| format!("cannot register client {}", a.name))?;
     write_secret(&secret_out, secret.expose_secret())?;
     println!("{}", record.client_id);
     Ok(())
@@ -123,7 +140,8 @@ fn list(data: &Path, json: bool) -> anyhow::Result<()> {
 
 fn open(data: &Path) -> anyhow::Result<carevault_auth::Clients> {
     let parts = crate::parts::open_existing(data)?;
-    carevault_server::records::open_clients(parts.rest.store().clone()).context("cannot open the client registry")
+    carevault_server::records::open_clients(parts.rest.store().clone())
+        .context("cannot open the client registry")
 }
 
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {

@@ -46,7 +46,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let files = collect_files(&args.paths)?;
     let started = Instant::now();
     let progress = Progress::new(files.len() as u64);
-    let summary = Mutex::new(Summary { files: files.len(), ..Summary::default() });
+    let summary = Mutex::new(Summary {
+        files: files.len(),
+        ..Summary::default()
+    });
 
     // Transactions are independent of each other; batches (such as shared Organizations and
     // Practitioners) and NDJSON may be what later transactions reference, so they go first.
@@ -101,7 +104,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         });
         println!("{out}");
     } else {
-        println!("Imported {} resources from {} files in {seconds:.1} s ({rate:.0} resources/s).", summary.resources(), summary.files);
+        println!(
+            "Imported {} resources from {} files in {seconds:.1} s ({rate:.0} resources/s).",
+            summary.resources(),
+            summary.files
+        );
         for (t, n) in &summary.by_type {
             println!("  {t:<32} {n:>8}");
         }
@@ -115,7 +122,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if summary.rejected.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} of {} files were rejected; nothing of a rejected transaction was stored", summary.rejected.len(), summary.files)
+        anyhow::bail!(
+            "{} of {} files were rejected; nothing of a rejected transaction was stored",
+            summary.rejected.len(),
+            summary.files
+        )
     }
 }
 
@@ -130,7 +141,11 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
-            out.extend(collect_files(&entries)?.into_iter().filter(|f| is_fhir_file(f)));
+            out.extend(
+                collect_files(&entries)?
+                    .into_iter()
+                    .filter(|f| is_fhir_file(f)),
+            );
         } else {
             out.push(p.clone());
         }
@@ -139,7 +154,10 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn is_fhir_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "ndjson"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("json" | "ndjson")
+    )
 }
 
 /// Peeks at a Bundle's `type` without parsing the whole file.
@@ -164,16 +182,35 @@ fn load_file(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<Strin
         return load_ndjson(rest, path);
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     match value.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") if matches!(value.get("type").and_then(Value::as_str), Some("transaction" | "batch")) => {
+        Some("Bundle")
+            if matches!(
+                value.get("type").and_then(Value::as_str),
+                Some("transaction" | "batch")
+            ) =>
+        {
             let response = rest.bundle(value, "").map_err(|e| describe(&e))?;
             let mut types = BTreeMap::new();
             let mut failures = Vec::new();
-            for (i, entry) in response.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                let status = entry.pointer("/response/status").and_then(Value::as_str).unwrap_or("");
+            for (i, entry) in response
+                .get("entry")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let status = entry
+                    .pointer("/response/status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if status.starts_with('2') {
-                    if let Some(t) = entry.pointer("/response/location").and_then(Value::as_str).and_then(|l| l.split('/').next()) {
+                    if let Some(t) = entry
+                        .pointer("/response/location")
+                        .and_then(Value::as_str)
+                        .and_then(|l| l.split('/').next())
+                    {
                         *types.entry(t.to_string()).or_default() += 1;
                     }
                 } else {
@@ -203,8 +240,13 @@ fn load_ndjson(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<Str
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: not valid JSON: {e}", n + 1))?;
-        let t = value.get("resourceType").and_then(Value::as_str).unwrap_or("").to_string();
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("line {}: not valid JSON: {e}", n + 1))?;
+        let t = value
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         store_one(rest, value).map_err(|e| format!("line {}: {e}", n + 1))?;
         *types.entry(t).or_default() += 1;
     }
@@ -213,7 +255,11 @@ fn load_ndjson(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<Str
 
 /// A single resource keeps its id when it has one (update-as-create), else gets a new one.
 fn store_one(rest: &carevault_store::Rest, value: Value) -> Result<(), String> {
-    let t = value.get("resourceType").and_then(Value::as_str).ok_or("the resource has no resourceType")?.to_string();
+    let t = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or("the resource has no resourceType")?
+        .to_string();
     if !carevault_fhir::definitions().is_resource_type(&t) {
         return Err(format!("{t} is not an R4 resource type"));
     }
@@ -227,8 +273,16 @@ fn store_one(rest: &carevault_store::Rest, value: Value) -> Result<(), String> {
 fn describe(e: &carevault_store::RestError) -> String {
     match e {
         carevault_store::RestError::Invalid(issues) => {
-            let first: Vec<String> = issues.iter().take(3).map(|i| format!("{} ({})", i.diagnostics, i.expression)).collect();
-            format!("invalid: {}{}", first.join("; "), if issues.len() > 3 { " ..." } else { "" })
+            let first: Vec<String> = issues
+                .iter()
+                .take(3)
+                .map(|i| format!("{} ({})", i.diagnostics, i.expression))
+                .collect();
+            format!(
+                "invalid: {}{}",
+                first.join("; "),
+                if issues.len() > 3 { " ..." } else { "" }
+            )
         }
         other => other.to_string(),
     }
@@ -245,12 +299,18 @@ impl Progress {
     fn new(total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files  {msg}") {
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files  {msg}")
+            {
                 b.set_style(style);
             }
             b
         });
-        Self { bar, total, done: Default::default() }
+        Self {
+            bar,
+            total,
+            done: Default::default(),
+        }
     }
 
     fn file_done(&self, path: &Path, resources: u64) {
@@ -263,7 +323,9 @@ impl Progress {
             None => eprintln!(
                 "import: {done}/{} files, {resources} resources ({})",
                 self.total,
-                path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
             ),
         }
     }

@@ -15,12 +15,16 @@ pub fn open(data: &Path) -> anyhow::Result<Parts> {
         .with_context(|| format!("cannot open the keys of {}", data.display()))?;
     let store_dir = data.join("store");
     if !store_dir.exists() {
-        std::fs::create_dir_all(&store_dir).with_context(|| format!("cannot create {}", store_dir.display()))?;
+        std::fs::create_dir_all(&store_dir)
+            .with_context(|| format!("cannot create {}", store_dir.display()))?;
         restrict(&store_dir)?;
     }
     let store = carevault_store::open_sqlite(&store_dir.join("carevault.db"), keys.keyring.clone())
         .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
-    Ok(Parts { keys, rest: carevault_store::Rest::new(store) })
+    Ok(Parts {
+        keys,
+        rest: carevault_store::Rest::new(store),
+    })
 }
 
 /// Admin commands never create a data directory: only `serve` does.
@@ -43,7 +47,11 @@ fn restrict(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The auth service of a running server (loads or creates the token-signing key).
-pub fn auth(parts: &Parts, fhir_base_url: &str, token_lifetime_seconds: u64) -> anyhow::Result<carevault_auth::AuthService> {
+pub fn auth(
+    parts: &Parts,
+    fhir_base_url: &str,
+    token_lifetime_seconds: u64,
+) -> anyhow::Result<carevault_auth::AuthService> {
     carevault_server::records::open_auth(
         parts.rest.store().clone(),
         fhir_base_url,

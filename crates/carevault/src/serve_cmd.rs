@@ -32,7 +32,9 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     }
     crate::init_logging(log_format.unwrap_or(&config.log.format));
     if args.read_only {
-        anyhow::bail!("read-only mode is not available yet (it arrives with the backup issue); start without --read-only");
+        anyhow::bail!(
+            "read-only mode is not available yet (it arrives with the backup issue); start without --read-only"
+        );
     }
     let cert = data.join(&config.tls.cert);
     let key = data.join(&config.tls.key);
@@ -50,8 +52,15 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
-            .with_context(|| format!("cannot listen on {}; is another server using it?", config.server.listen))?;
-        let local = listener.local_addr().context("cannot read the listening address")?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}; is another server using it?",
+                    config.server.listen
+                )
+            })?;
+        let local = listener
+            .local_addr()
+            .context("cannot read the listening address")?;
         config.server.listen = local;
         let app_base = if config.server.base_url.is_empty() {
             format!("https://{local}/fhir")
@@ -67,7 +76,10 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         let app = carevault_server::App::new(config, parts.rest, auth);
         println!("carevault is serving {}", app.base_url);
         if let Some(pw) = &prepared.admin_password {
-            println!("The admin password is in {} (readable by you only).", pw.display());
+            println!(
+                "The admin password is in {} (readable by you only).",
+                pw.display()
+            );
         }
         if prepared.first_start || key_created {
             println!("The master key is {master}.");
@@ -86,7 +98,10 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
 /// Resolves at the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},

@@ -56,7 +56,10 @@ pub struct Caller {
 impl Caller {
     /// Builds a caller from a client id and a space-separated scope string.
     pub fn new(client_id: String, scope: &str) -> Self {
-        Self { client_id, grants: scope.split_whitespace().filter_map(parse_scope).collect() }
+        Self {
+            client_id,
+            grants: scope.split_whitespace().filter_map(parse_scope).collect(),
+        }
     }
 
     /// The OAuth client id (logged; never PHI).
@@ -107,8 +110,13 @@ fn is_ordered_subset(p: &str, of: &str) -> bool {
 }
 
 /// Verifies the bearer token and builds the caller.
-pub fn authenticate(app: &App, header: Option<&HeaderValue>) -> Result<Caller, carevault_auth::TokenError> {
-    let claims = app.auth.verify_bearer(header.and_then(|v| v.to_str().ok()))?;
+pub fn authenticate(
+    app: &App,
+    header: Option<&HeaderValue>,
+) -> Result<Caller, carevault_auth::TokenError> {
+    let claims = app
+        .auth
+        .verify_bearer(header.and_then(|v| v.to_str().ok()))?;
     Ok(Caller::new(claims.client_id.clone(), &claims.scope))
 }
 
@@ -116,10 +124,21 @@ pub fn authenticate(app: &App, header: Option<&HeaderValue>) -> Result<Caller, c
 /// before anything runs.
 pub fn bundle_interactions(bundle: &Value) -> Vec<(String, Interaction)> {
     let mut out = Vec::new();
-    for entry in bundle.get("entry").and_then(Value::as_array).into_iter().flatten() {
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let request = entry.get("request");
-        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).unwrap_or("");
-        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let from_url = url.split(['/', '?']).next().unwrap_or("").to_string();
         let rtype = entry
             .get("resource")
@@ -163,7 +182,14 @@ mod tests {
 
     #[test]
     fn junk_scopes_grant_nothing() {
-        for s in ["system/Nope.read", "system/*.rc", "system/*.rr", "admin/*.*", "system/*", "system/Patient.rs?x=1"] {
+        for s in [
+            "system/Nope.read",
+            "system/*.rc",
+            "system/*.rr",
+            "admin/*.*",
+            "system/*",
+            "system/Patient.rs?x=1",
+        ] {
             let c = Caller::new("x".into(), s);
             assert!(!c.allows("Patient", Interaction::Read), "{s}");
         }

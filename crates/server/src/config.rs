@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Every setting of a running server. Flags override the environment, which overrides the file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSettings,
@@ -61,18 +61,6 @@ pub struct LogSettings {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            tls: TlsSettings::default(),
-            auth: AuthSettings::default(),
-            search: SearchSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -88,25 +76,35 @@ impl Default for ServerSettings {
 
 impl Default for TlsSettings {
     fn default() -> Self {
-        Self { cert: "tls/cert.pem".into(), key: "tls/key.pem".into() }
+        Self {
+            cert: "tls/cert.pem".into(),
+            key: "tls/key.pem".into(),
+        }
     }
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { token_lifetime_seconds: 600 }
+        Self {
+            token_lifetime_seconds: 600,
+        }
     }
 }
 
 impl Default for SearchSettings {
     fn default() -> Self {
-        Self { default_count: 20, max_count: 1000 }
+        Self {
+            default_count: 20,
+            max_count: 1000,
+        }
     }
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: "text".into() }
+        Self {
+            format: "text".into(),
+        }
     }
 }
 
@@ -154,24 +152,39 @@ const RESERVED_ENV: &[&str] = &["MASTER_KEY_FILE", "PASSPHRASE"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid setting in {origin}: {message}")]
     Invalid { origin: String, message: String },
 }
 
 impl Config {
     /// Loads `path` (absent is fine: defaults), then applies `CAREVAULT_*` variables from `env`.
-    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table = match std::fs::read_to_string(path) {
-            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                origin: path.display().to_string(),
-                message: e.message().to_string(),
-            })?,
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.message().to_string(),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("CAREVAULT_") else { continue };
+            let Some(rest) = name.strip_prefix("CAREVAULT_") else {
+                continue;
+            };
             if RESERVED_ENV.contains(&rest) {
                 continue;
             }
@@ -180,30 +193,41 @@ impl Config {
             };
             let section = section.to_ascii_lowercase();
             if !["server", "tls", "auth", "search", "log"].contains(&section.as_str()) {
-                return Err(invalid_env(&name, &format!("there is no settings section [{section}]")));
+                return Err(invalid_env(
+                    &name,
+                    &format!("there is no settings section [{section}]"),
+                ));
             }
             let parsed = format!("v = {value}")
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(value));
-            let entry = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let toml::Value::Table(t) = entry {
                 t.insert(key.to_ascii_lowercase(), parsed);
             }
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                origin: format!("{} or CAREVAULT_* environment variables", path.display()),
-                message: e.message().to_string(),
-            })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: format!("{} or CAREVAULT_* environment variables", path.display()),
+                    message: e.message().to_string(),
+                })?;
         config.check()?;
         Ok(config)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        let bad = |message: &str| Err(ConfigError::Invalid { origin: "settings".into(), message: message.into() });
+        let bad = |message: &str| {
+            Err(ConfigError::Invalid {
+                origin: "settings".into(),
+                message: message.into(),
+            })
+        };
         if self.auth.token_lifetime_seconds == 0 || self.auth.token_lifetime_seconds > 900 {
             return bad("auth.token_lifetime_seconds must be between 1 and 900");
         }
@@ -221,7 +245,10 @@ impl Config {
 }
 
 fn invalid_env(name: &str, message: &str) -> ConfigError {
-    ConfigError::Invalid { origin: format!("environment variable {name}"), message: message.into() }
+    ConfigError::Invalid {
+        origin: format!("environment variable {name}"),
+        message: message.into(),
+    }
 }
 
 #[cfg(test)]
@@ -252,10 +279,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[search]\ndefault_count = 5\n").unwrap();
-        let env = vec![("CAREVAULT_SEARCH_DEFAULT_COUNT".to_string(), "7".to_string())];
+        let env = vec![(
+            "CAREVAULT_SEARCH_DEFAULT_COUNT".to_string(),
+            "7".to_string(),
+        )];
         assert_eq!(Config::load(&p, env).unwrap().search.default_count, 7);
         let env = vec![("CAREVAULT_NOPE_X".to_string(), "7".to_string())];
-        assert!(Config::load(&p, env).unwrap_err().to_string().contains("CAREVAULT_NOPE_X"));
+        assert!(
+            Config::load(&p, env)
+                .unwrap_err()
+                .to_string()
+                .contains("CAREVAULT_NOPE_X")
+        );
     }
 
     #[test]

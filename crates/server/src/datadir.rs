@@ -17,7 +17,10 @@ pub struct Prepared {
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot prepare the data directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("the data directory {0} is readable by other users; run `chmod 700` on it")]
@@ -35,7 +38,11 @@ pub fn prepare(root: &Path, tls_paths: (&Path, &Path)) -> Result<Prepared, DataD
     };
     let first_start = !root.join("carevault.toml").exists() && !root.join("store").exists();
     if !root.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io(root))?;
     }
     let meta = std::fs::metadata(root).map_err(io(root))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -43,26 +50,41 @@ pub fn prepare(root: &Path, tls_paths: (&Path, &Path)) -> Result<Prepared, DataD
     }
     let config = root.join("carevault.toml");
     if !config.exists() {
-        write_private(&config, crate::config::DEFAULT_CONFIG_TOML.as_bytes(), 0o600).map_err(io(&config))?;
+        write_private(
+            &config,
+            crate::config::DEFAULT_CONFIG_TOML.as_bytes(),
+            0o600,
+        )
+        .map_err(io(&config))?;
     }
     let (cert, key) = tls_paths;
     if !cert.exists() && !key.exists() {
         for dir in [cert.parent(), key.parent()].into_iter().flatten() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
         }
         crate::tls::write_self_signed(cert, key)?;
     }
     let mut admin_password = None;
     let pw = root.join("admin-password");
     if first_start && !pw.exists() {
-        let material = carevault_crypto::Keyring::generate_key_material()
-            .map_err(|e| DataDirError::Io { path: pw.clone(), source: std::io::Error::other(e.to_string()) })?;
+        let material =
+            carevault_crypto::Keyring::generate_key_material().map_err(|e| DataDirError::Io {
+                path: pw.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         use base64::Engine as _;
         let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&material[..24]);
         write_private(&pw, format!("{password}\n").as_bytes(), 0o600).map_err(io(&pw))?;
         admin_password = Some(pw);
     }
-    Ok(Prepared { first_start, admin_password })
+    Ok(Prepared {
+        first_start,
+        admin_password,
+    })
 }
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`.
@@ -73,10 +95,17 @@ pub fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()>
     };
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;

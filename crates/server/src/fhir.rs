@@ -1,12 +1,12 @@
 //! The `/fhir` surface: one entry point that parses the path, authenticates the caller, checks
 //! content negotiation and dispatches to the FHIR interaction, answering errors as OperationOutcomes.
 
+use crate::access::{Caller, Interaction, bundle_interactions};
 use crate::outcome::{ApiError, OutcomeIssue, outcome_json};
 use crate::{App, CallerId, RequestId, RouteTemplate, fhir_response};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use crate::access::{Caller, Interaction, bundle_interactions};
 use carevault_store::{HistoryRequest, RestError, SearchRequest, Stored, Written};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
@@ -34,7 +34,11 @@ struct Call {
 
 /// Entry point of every `/fhir` request.
 pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(|| Arc::from("-"));
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| Arc::from("-"));
     let (parts, body) = req.into_parts();
     let segments: Vec<String> = parts
         .uri
@@ -42,7 +46,11 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         .trim_start_matches("/fhir")
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let mut params: Vec<(String, String)> = parts
@@ -66,7 +74,8 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
             return ApiError::internal(&request_id).into_response();
         }
         Err(e) => {
-            let mut r = ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response();
+            let mut r =
+                ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response();
             r.extensions_mut().insert(RouteTemplate("/fhir/*"));
             return r;
         }
@@ -99,29 +108,55 @@ async fn dispatch(call: Call, method: &Method, segs: &[&str]) -> (&'static str, 
     match (method, segs) {
         (&Method::POST, []) => ("/fhir", bundle(call).await),
         (&Method::GET, ["_history"]) => ("/fhir/_history", history(call, None, None).await),
-        (_, []) => ("/fhir", Err(not_supported("Only POST of a batch or transaction Bundle is supported at the base URL."))),
+        (_, []) => (
+            "/fhir",
+            Err(not_supported(
+                "Only POST of a batch or transaction Bundle is supported at the base URL.",
+            )),
+        ),
         (_, [t, ..]) if !carevault_fhir::definitions().is_resource_type(t) => (
             "/fhir/{type}",
-            Err(ApiError::new(StatusCode::NOT_FOUND, "not-supported", format!("{t} is not an R4 resource type."))),
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-supported",
+                format!("{t} is not an R4 resource type."),
+            )),
         ),
         (&Method::GET, [t]) => ("/fhir/{type}", search(call, t, None).await),
         (&Method::POST, [t]) => ("/fhir/{type}", create(call, t).await),
         (&Method::PUT, [t]) => ("/fhir/{type}?", conditional_update(call, t).await),
         (&Method::DELETE, [t]) => ("/fhir/{type}?", conditional_delete(call, t).await),
         (&Method::POST, [t, "_search"]) => ("/fhir/{type}/_search", search_post(call, t).await),
-        (&Method::GET, [t, "_history"]) => ("/fhir/{type}/_history", history(call, Some(t), None).await),
-        (&Method::POST, [t, "$validate"]) => ("/fhir/{type}/$validate", validate(call, t, None).await),
-        (&Method::POST, [t, id, "$validate"]) => ("/fhir/{type}/{id}/$validate", validate(call, t, Some(id)).await),
+        (&Method::GET, [t, "_history"]) => {
+            ("/fhir/{type}/_history", history(call, Some(t), None).await)
+        }
+        (&Method::POST, [t, "$validate"]) => {
+            ("/fhir/{type}/$validate", validate(call, t, None).await)
+        }
+        (&Method::POST, [t, id, "$validate"]) => (
+            "/fhir/{type}/{id}/$validate",
+            validate(call, t, Some(id)).await,
+        ),
         (_, [_, id, ..]) if !valid_id(id) => (
             "/fhir/{type}/{id}",
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "A resource id is 1 to 64 of A-Z, a-z, 0-9, '-' and '.'.")),
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "A resource id is 1 to 64 of A-Z, a-z, 0-9, '-' and '.'.",
+            )),
         ),
         (&Method::GET, [t, id]) => ("/fhir/{type}/{id}", read(call, t, id).await),
         (&Method::PUT, [t, id]) => ("/fhir/{type}/{id}", update(call, t, id).await),
         (&Method::PATCH, [t, id]) => ("/fhir/{type}/{id}", patch(call, t, id).await),
         (&Method::DELETE, [t, id]) => ("/fhir/{type}/{id}", delete(call, t, id).await),
-        (&Method::GET, [t, id, "_history"]) => ("/fhir/{type}/{id}/_history", history(call, Some(t), Some(id)).await),
-        (&Method::GET, [t, id, "_history", v]) => ("/fhir/{type}/{id}/_history/{vid}", vread(call, t, id, v).await),
+        (&Method::GET, [t, id, "_history"]) => (
+            "/fhir/{type}/{id}/_history",
+            history(call, Some(t), Some(id)).await,
+        ),
+        (&Method::GET, [t, id, "_history", v]) => (
+            "/fhir/{type}/{id}/_history/{vid}",
+            vread(call, t, id, v).await,
+        ),
         (&Method::GET, ["Patient", id, c]) if carevault_fhir::definitions().is_resource_type(c) => {
             ("/fhir/Patient/{id}/{type}", search(call, c, Some(id)).await)
         }
@@ -148,7 +183,9 @@ async fn read(call: Call, t: &str, id: &str) -> Answer {
 async fn vread(call: Call, t: &str, id: &str, v: &str) -> Answer {
     call.require(t, Interaction::Read)?;
     let (t2, id2, v2) = (t.to_string(), id.to_string(), v.to_string());
-    let stored = call.blocking(move |app| app.rest.vread(&t2, &id2, &v2)).await?;
+    let stored = call
+        .blocking(move |app| app.rest.vread(&t2, &id2, &v2))
+        .await?;
     Ok(resource_response(StatusCode::OK, &stored, None))
 }
 
@@ -157,7 +194,9 @@ async fn create(mut call: Call, t: &str) -> Answer {
     let resource = call.resource_body(t).await?;
     let if_none_exist = header_str(&call.headers, "if-none-exist")?.map(str::to_string);
     let t2 = t.to_string();
-    let written = call.blocking(move |app| app.rest.create(&t2, resource, if_none_exist.as_deref())).await?;
+    let written = call
+        .blocking(move |app| app.rest.create(&t2, resource, if_none_exist.as_deref()))
+        .await?;
     Ok(call.written_response(written))
 }
 
@@ -166,7 +205,9 @@ async fn update(mut call: Call, t: &str, id: &str) -> Answer {
     let resource = call.resource_body(t).await?;
     let if_match = if_match(&call.headers)?;
     let (t2, id2) = (t.to_string(), id.to_string());
-    let written = call.blocking(move |app| app.rest.update(&t2, &id2, resource, if_match)).await?;
+    let written = call
+        .blocking(move |app| app.rest.update(&t2, &id2, resource, if_match))
+        .await?;
     Ok(call.written_response(written))
 }
 
@@ -176,7 +217,9 @@ async fn conditional_update(mut call: Call, t: &str) -> Answer {
     let resource = call.resource_body(t).await?;
     let if_match = if_match(&call.headers)?;
     let t2 = t.to_string();
-    let written = call.blocking(move |app| app.rest.conditional_update(&t2, &query, resource, if_match)).await?;
+    let written = call
+        .blocking(move |app| app.rest.conditional_update(&t2, &query, resource, if_match))
+        .await?;
     Ok(call.written_response(written))
 }
 
@@ -193,7 +236,9 @@ async fn patch(mut call: Call, t: &str, id: &str) -> Answer {
     let doc = call.json_body().await?;
     let if_match = if_match(&call.headers)?;
     let (t2, id2) = (t.to_string(), id.to_string());
-    let written = call.blocking(move |app| app.rest.patch(&t2, &id2, doc, if_match)).await?;
+    let written = call
+        .blocking(move |app| app.rest.patch(&t2, &id2, doc, if_match))
+        .await?;
     Ok(call.written_response(written))
 }
 
@@ -212,7 +257,8 @@ async fn conditional_delete(call: Call, t: &str) -> Answer {
     call.require(t, Interaction::Delete)?;
     let query = call.condition()?;
     let t2 = t.to_string();
-    call.blocking(move |app| app.rest.conditional_delete(&t2, &query)).await?;
+    call.blocking(move |app| app.rest.conditional_delete(&t2, &query))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -248,7 +294,8 @@ async fn search_post(mut call: Call, t: &str) -> Answer {
         ));
     }
     let raw = call.raw_body().await?;
-    call.params.extend(form_urlencoded::parse(&raw).into_owned());
+    call.params
+        .extend(form_urlencoded::parse(&raw).into_owned());
     search(call, t, None).await
 }
 
@@ -277,7 +324,9 @@ async fn bundle(mut call: Call) -> Answer {
     for (t, interaction) in bundle_interactions(&bundle) {
         call.require(&t, interaction)?;
     }
-    let response = call.blocking(move |app| app.rest.bundle(bundle, &app.base_url)).await?;
+    let response = call
+        .blocking(move |app| app.rest.bundle(bundle, &app.base_url))
+        .await?;
     Ok(json_response(StatusCode::OK, &response))
 }
 
@@ -285,13 +334,25 @@ async fn validate(mut call: Call, t: &str, _id: Option<&str>) -> Answer {
     call.require(t, Interaction::Read)?;
     let body = call.json_body().await?;
     // $validate takes the resource itself or a Parameters with a `resource` parameter.
-    let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && t != "Parameters" {
+    let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+        && t != "Parameters"
+    {
         body.get("parameter")
             .and_then(Value::as_array)
-            .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some("resource")))
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
+            })
             .and_then(|p| p.get("resource"))
             .cloned()
-            .ok_or_else(|| ApiError::at(StatusCode::BAD_REQUEST, "required", "The Parameters resource has no `resource` parameter.", "Parameters.parameter"))?
+            .ok_or_else(|| {
+                ApiError::at(
+                    StatusCode::BAD_REQUEST,
+                    "required",
+                    "The Parameters resource has no `resource` parameter.",
+                    "Parameters.parameter",
+                )
+            })?
     } else {
         body
     };
@@ -323,7 +384,10 @@ impl Call {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("The access token's scopes do not allow {} on {rtype}.", interaction.name()),
+                format!(
+                    "The access token's scopes do not allow {} on {rtype}.",
+                    interaction.name()
+                ),
             ))
         }
     }
@@ -362,7 +426,10 @@ impl Call {
                 format!("The request body is larger than the server accepts ({limit} bytes)."),
             )
         };
-        if let Some(len) = self.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        if let Some(len) = self
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             && len > limit
         {
             return Err(too_large());
@@ -377,7 +444,11 @@ impl Call {
                 if is_limit {
                     Err(too_large())
                 } else {
-                    Err(ApiError::new(StatusCode::BAD_REQUEST, "structure", "The request body could not be read."))
+                    Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "structure",
+                        "The request body could not be read.",
+                    ))
                 }
             }
         }
@@ -386,7 +457,11 @@ impl Call {
     async fn json_body(&mut self) -> Result<Value, ApiError> {
         let raw = self.raw_body().await?;
         if raw.is_empty() {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "required", "The request has no body."));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "required",
+                "The request has no body.",
+            ));
         }
         serde_json::from_slice::<Value>(&raw).map_err(|e| {
             ApiError::new(
@@ -400,13 +475,20 @@ impl Call {
     /// Reads a FHIR JSON resource body of type `rtype`.
     async fn resource_body(&mut self, rtype: &str) -> Result<Value, ApiError> {
         let ct = content_type(&self.headers);
-        if !(ct.is_empty() || ct.starts_with("application/fhir+json") || ct.starts_with("application/json")) {
+        if !(ct.is_empty()
+            || ct.starts_with("application/fhir+json")
+            || ct.starts_with("application/json"))
+        {
             let msg = if ct.contains("xml") {
                 "FHIR XML is not supported; send application/fhir+json."
             } else {
                 "The body must be application/fhir+json."
             };
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", msg));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                msg,
+            ));
         }
         let v = self.json_body().await?;
         check_resource_type(&v, rtype)?;
@@ -422,17 +504,25 @@ impl Call {
                 "A conditional update or delete needs search parameters in the query string.",
             ));
         }
-        Ok(form_urlencoded::Serializer::new(String::new()).extend_pairs(self.params.iter()).finish())
+        Ok(form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(self.params.iter())
+            .finish())
     }
 
     fn written_response(&self, written: Written) -> Response {
-        let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+        let status = if written.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
         let location = format!(
             "{}/{}/{}/_history/{}",
             self.app.base_url, written.stored.rtype, written.stored.id, written.stored.version
         );
         match self.return_pref {
-            ReturnPref::Representation => resource_response(status, &written.stored, Some(&location)),
+            ReturnPref::Representation => {
+                resource_response(status, &written.stored, Some(&location))
+            }
             ReturnPref::Minimal => {
                 let mut r = status.into_response();
                 resource_headers(r.headers_mut(), &written.stored, Some(&location));
@@ -444,7 +534,11 @@ impl Call {
                     code: "informational",
                     diagnostics: format!(
                         "{} {}/{} version {}.",
-                        if written.created { "Created" } else { "Updated" },
+                        if written.created {
+                            "Created"
+                        } else {
+                            "Updated"
+                        },
                         written.stored.rtype,
                         written.stored.id,
                         written.stored.version
@@ -474,7 +568,11 @@ fn check_resource_type(v: &Value, rtype: &str) -> Result<(), ApiError> {
             "The body has no resourceType.",
             "resourceType",
         )),
-        None => Err(ApiError::new(StatusCode::BAD_REQUEST, "structure", "The body must be a JSON object.")),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "The body must be a JSON object.",
+        )),
     }
 }
 
@@ -496,7 +594,9 @@ fn negotiate(headers: &HeaderMap, params: &mut Vec<(String, String)>) -> Result<
         }
     }
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
-        && !accept.split(',').any(|a| json_like(a.split(';').next().unwrap_or("")))
+        && !accept
+            .split(',')
+            .any(|a| json_like(a.split(';').next().unwrap_or("")))
     {
         return Err(not_acceptable());
     }
@@ -518,7 +618,11 @@ fn not_supported(msg: &str) -> ApiError {
 fn prefer(headers: &HeaderMap) -> (ReturnPref, bool) {
     let mut ret = ReturnPref::Representation;
     let mut strict = false;
-    for v in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
+    for v in headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         for token in v.split([',', ';']).map(str::trim) {
             match token {
                 "return=minimal" => ret = ReturnPref::Minimal,
@@ -534,30 +638,47 @@ fn prefer(headers: &HeaderMap) -> (ReturnPref, bool) {
 }
 
 fn content_type(headers: &HeaderMap) -> String {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_ascii_lowercase()
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("The {name} header is not text."))),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("The {name} header is not text."),
+            )
+        }),
     }
 }
 
 /// `If-Match: W/"3"` → 3.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = header_str(headers, "if-match")? else { return Ok(None) };
+    let Some(v) = header_str(headers, "if-match")? else {
+        return Ok(None);
+    };
     let inner = v.trim().trim_start_matches("W/").trim_matches('"');
     inner.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match must be a version ETag such as W/\"3\".")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "If-Match must be a version ETag such as W/\"3\".",
+        )
     })
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -572,7 +693,8 @@ fn resource_response(status: StatusCode, stored: &Stored, location: Option<&str>
 
 fn resource_headers(h: &mut HeaderMap, stored: &Stored, location: Option<&str>) {
     insert_etag(h, stored.version);
-    if let Some(v) = http_date(stored.last_updated_ms).and_then(|d| HeaderValue::from_str(&d).ok()) {
+    if let Some(v) = http_date(stored.last_updated_ms).and_then(|d| HeaderValue::from_str(&d).ok())
+    {
         h.insert(header::LAST_MODIFIED, v);
     }
     if let Some(v) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
@@ -614,17 +736,29 @@ mod tests {
 
     #[test]
     fn http_dates_are_imf_fixdate() {
-        assert_eq!(http_date(784_111_777_000).unwrap(), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(784_111_777_000).unwrap(),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
     }
 
     #[test]
     fn xml_is_refused() {
         let mut p = vec![("_format".to_string(), "xml".to_string())];
-        assert_eq!(negotiate(&HeaderMap::new(), &mut p).unwrap_err().status, StatusCode::NOT_ACCEPTABLE);
+        assert_eq!(
+            negotiate(&HeaderMap::new(), &mut p).unwrap_err().status,
+            StatusCode::NOT_ACCEPTABLE
+        );
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+xml"),
+        );
         assert!(negotiate(&h, &mut Vec::new()).is_err());
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"),
+        );
         assert!(negotiate(&h, &mut Vec::new()).is_ok());
     }
 
@@ -636,4 +770,3 @@ mod tests {
         assert!(!valid_id(&"x".repeat(65)));
     }
 }
-

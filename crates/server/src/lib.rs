@@ -42,14 +42,25 @@ pub struct App {
 
 impl App {
     /// Wires the parts into the shared state.
-    pub fn new(config: config::Config, rest: carevault_store::Rest, auth: carevault_auth::AuthService) -> Arc<Self> {
+    pub fn new(
+        config: config::Config,
+        rest: carevault_store::Rest,
+        auth: carevault_auth::AuthService,
+    ) -> Arc<Self> {
         let base_url = if config.server.base_url.is_empty() {
             format!("https://{}/fhir", config.server.listen)
         } else {
             config.server.base_url.trim_end_matches('/').to_string()
         };
         let capability = metadata::capability_statement(&base_url);
-        Arc::new(Self { config, rest, auth, base_url, capability, ready: AtomicBool::new(true) })
+        Arc::new(Self {
+            config,
+            rest,
+            auth,
+            base_url,
+            capability,
+            ready: AtomicBool::new(true),
+        })
     }
 }
 
@@ -91,15 +102,20 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     // Ready means: not shutting down, and a store read through the keys answers.
     let app2 = app.clone();
-    let store_ok = tokio::task::spawn_blocking(move || match app2.rest.read("Patient", "readyz-probe") {
-        Ok(_) | Err(carevault_store::RestError::NotFound { .. } | carevault_store::RestError::Gone { .. }) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness probe failed");
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let store_ok =
+        tokio::task::spawn_blocking(move || match app2.rest.read("Patient", "readyz-probe") {
+            Ok(_)
+            | Err(
+                carevault_store::RestError::NotFound { .. }
+                | carevault_store::RestError::Gone { .. },
+            ) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness probe failed");
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
     if app.ready.load(Ordering::Relaxed) && store_ok {
         "ready\n".into_response()
     } else {
@@ -124,7 +140,10 @@ async fn envelope(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
         .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().simple().to_string()));
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
-    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     let path_is_public_doc = matches!(req.uri().path(), "/fhir/metadata" | "/healthz" | "/readyz");
     let timeout = Duration::from_secs(app.config.server.request_timeout_seconds);
     let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {
@@ -137,9 +156,18 @@ async fn envelope(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
         .into_response(),
     };
     let h = resp.headers_mut();
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !path_is_public_doc {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -152,7 +180,11 @@ async fn envelope(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
         .map(|r| r.0.to_string())
         .or(matched)
         .unwrap_or_else(|| "(unmatched)".into());
-    let caller = resp.extensions().get::<CallerId>().map(|c| c.0.to_string()).unwrap_or_default();
+    let caller = resp
+        .extensions()
+        .get::<CallerId>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
     tracing::info!(
         request_id = &*request_id,
         method = %method,
@@ -166,15 +198,19 @@ async fn envelope(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
 }
 
 fn valid_request_id(v: &str) -> bool {
-    (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// A FHIR JSON response with the right content type.
 pub(crate) fn fhir_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+    );
     resp
 }
 

@@ -5,10 +5,20 @@ use serde_json::{Value, json};
 /// Serialised CapabilityStatement for `base_url`.
 pub fn capability_statement(base_url: &str) -> bytes::Bytes {
     let defs = carevault_fhir::definitions();
-    let interactions: Vec<Value> = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
-        .iter()
-        .map(|c| json!({"code": c}))
-        .collect();
+    let interactions: Vec<Value> = [
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    ]
+    .iter()
+    .map(|c| json!({"code": c}))
+    .collect();
     let resources: Vec<Value> = defs
         .resource_types()
         .map(|t| {

@@ -1,18 +1,29 @@
 //! The OAuth 2 token endpoint: `client_credentials` with `client_secret_basic` (RFC 6749 4.4).
 
 use crate::App;
-use carevault_auth::TokenRequestError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use carevault_auth::TokenRequestError;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 use std::sync::Arc;
 
 /// `POST /oauth2/token`.
-pub(crate) async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: bytes::Bytes) -> Response {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub(crate) async fn token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/x-www-form-urlencoded") {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body must be application/x-www-form-urlencoded");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
     }
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let get = |k: &str| {
@@ -24,49 +35,93 @@ pub(crate) async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body:
         }
     };
     let (Ok(grant), Ok(scope)) = (get("grant_type"), get("scope")) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "a parameter was repeated");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a parameter was repeated",
+        );
     };
     match grant.as_deref() {
         Some("client_credentials") => {}
-        Some(_) => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported here"),
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials is supported here",
+            );
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is required",
+            );
+        }
     }
     let auth_header = headers.get(header::AUTHORIZATION).cloned();
     let app2 = app.clone();
     // Argon2 verification is deliberately slow: keep it off the async threads.
     let result = tokio::task::spawn_blocking(move || {
-        app2.auth.client_credentials(auth_header.as_ref().and_then(|v| v.to_str().ok()), scope.as_deref())
+        app2.auth.client_credentials(
+            auth_header.as_ref().and_then(|v| v.to_str().ok()),
+            scope.as_deref(),
+        )
     })
     .await;
     match result {
         Ok(Ok(t)) => {
             let mut r = (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
                 t.response_body(),
             )
                 .into_response();
-            r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
         Ok(Err(TokenRequestError::InvalidClient)) => {
-            let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"carevault\""));
+            let mut r = oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"carevault\""),
+            );
             r
         }
-        Ok(Err(TokenRequestError::InvalidScope(d))) => oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &d),
+        Ok(Err(TokenRequestError::InvalidScope(d))) => {
+            oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &d)
+        }
         Ok(Err(TokenRequestError::Internal(detail))) => {
             tracing::error!(error = %detail, "token endpoint failure");
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token could not be issued",
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "token task failed");
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token could not be issued",
+            )
         }
     }
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, axum::Json(json!({"error": error, "error_description": description}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
 }
 
 /// `GET /oauth2/jwks`: the public keys that verify this server's tokens.

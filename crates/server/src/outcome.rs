@@ -29,13 +29,23 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
         Self {
             status,
-            issues: vec![OutcomeIssue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }],
+            issues: vec![OutcomeIssue {
+                severity: "error",
+                code,
+                diagnostics: diagnostics.into(),
+                expression: None,
+            }],
             headers: Vec::new(),
         }
     }
 
     /// Like [`ApiError::new`] with a FHIRPath expression.
-    pub fn at(status: StatusCode, code: &'static str, diagnostics: impl Into<String>, expression: impl Into<String>) -> Self {
+    pub fn at(
+        status: StatusCode,
+        code: &'static str,
+        diagnostics: impl Into<String>,
+        expression: impl Into<String>,
+    ) -> Self {
         let mut e = Self::new(status, code, diagnostics);
         e.issues[0].expression = Some(expression.into());
         e
@@ -43,7 +53,11 @@ impl ApiError {
 
     /// 401 with the bearer challenge.
     pub fn unauthorized(diagnostics: &str, challenge: &str) -> Self {
-        let mut e = Self::new(StatusCode::UNAUTHORIZED, "login", format!("Authentication failed: {diagnostics}."));
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            format!("Authentication failed: {diagnostics}."),
+        );
         let value = http::HeaderValue::from_str(challenge)
             .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer realm=\"carevault\""));
         e.headers.push((http::header::WWW_AUTHENTICATE, value));
@@ -55,36 +69,55 @@ impl ApiError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
-            format!("The server failed to process this request; quote request id {request_id} to the operator."),
+            format!(
+                "The server failed to process this request; quote request id {request_id} to the operator."
+            ),
         )
     }
 
     /// Maps a store error to its HTTP answer; logs what must not reach the client.
     pub fn from_rest(err: RestError, request_id: &str) -> Self {
         match err {
-            RestError::NotFound { rtype, id } => {
-                Self::new(StatusCode::NOT_FOUND, "not-found", format!("{rtype}/{id} is not known."))
-            }
-            RestError::Gone { rtype, id, .. } => {
-                Self::new(StatusCode::GONE, "deleted", format!("{rtype}/{id} has been deleted."))
-            }
+            RestError::NotFound { rtype, id } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("{rtype}/{id} is not known."),
+            ),
+            RestError::Gone { rtype, id, .. } => Self::new(
+                StatusCode::GONE,
+                "deleted",
+                format!("{rtype}/{id} has been deleted."),
+            ),
             RestError::Invalid(issues) => {
-                let structural = issues.iter().any(|i| matches!(i.code, "structure" | "invalid" | "too-costly"));
-                let status = if structural { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+                let structural = issues
+                    .iter()
+                    .any(|i| matches!(i.code, "structure" | "invalid" | "too-costly"));
+                let status = if structural {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
                 Self {
                     status,
                     issues: issues.into_iter().map(OutcomeIssue::from).collect(),
                     headers: Vec::new(),
                 }
             }
-            RestError::BadRequest { diagnostics, expression } => {
+            RestError::BadRequest {
+                diagnostics,
+                expression,
+            } => {
                 let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid", diagnostics);
                 e.issues[0].expression = expression;
                 e
             }
-            RestError::PreconditionFailed(d) => Self::new(StatusCode::PRECONDITION_FAILED, "conflict", d),
+            RestError::PreconditionFailed(d) => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "conflict", d)
+            }
             RestError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
-            RestError::NotSupported(d) => Self::new(StatusCode::NOT_IMPLEMENTED, "not-supported", d),
+            RestError::NotSupported(d) => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "not-supported", d)
+            }
             other => {
                 tracing::error!(request_id, error = %other, "store failure");
                 Self::internal(request_id)
@@ -102,7 +135,12 @@ impl From<carevault_fhir::Issue> for OutcomeIssue {
             Warning => "warning",
             Information => "information",
         };
-        Self { severity, code: i.code, diagnostics: i.diagnostics, expression: Some(i.expression) }
+        Self {
+            severity,
+            code: i.code,
+            diagnostics: i.diagnostics,
+            expression: Some(i.expression),
+        }
     }
 }
 
@@ -111,7 +149,8 @@ pub fn outcome_json(issues: &[OutcomeIssue]) -> Value {
     let issue: Vec<Value> = issues
         .iter()
         .map(|i| {
-            let mut v = json!({"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics});
+            let mut v =
+                json!({"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics});
             if let Some(expr) = &i.expression {
                 v["expression"] = json!([expr]);
             }

@@ -8,7 +8,8 @@ pub struct SystemRecords(pub Arc<dyn Store>);
 
 impl carevault_auth::RecordStore for SystemRecords {
     fn put(&self, kind: &str, key: &str, body: &[u8]) -> Result<(), String> {
-        carevault_store::put_system_record(self.0.as_ref(), kind, key, body).map_err(|e| e.to_string())
+        carevault_store::put_system_record(self.0.as_ref(), kind, key, body)
+            .map_err(|e| e.to_string())
     }
 
     fn get(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -38,7 +39,9 @@ pub fn open_auth(
 }
 
 /// The client registry alone, for admin commands (never creates the signing key).
-pub fn open_clients(store: Arc<dyn Store>) -> Result<carevault_auth::Clients, carevault_auth::AuthError> {
+pub fn open_clients(
+    store: Arc<dyn Store>,
+) -> Result<carevault_auth::Clients, carevault_auth::AuthError> {
     carevault_auth::Clients::new(
         Arc::new(SystemRecords(store)),
         Arc::new(carevault_auth::SystemClock),

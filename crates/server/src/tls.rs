@@ -19,7 +19,9 @@ pub enum TlsError {
 /// Writes a self-signed ECDSA P-256 leaf for `localhost`, `127.0.0.1` and `::1`, valid one year,
 /// with its key (mode 0600) beside it.
 pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
     let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
     let mut params = CertificateParams::default();
@@ -28,7 +30,9 @@ pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsErr
         SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
         SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
     ];
-    params.distinguished_name.push(DnType::CommonName, "carevault (self-signed)");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "carevault (self-signed)");
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -37,8 +41,10 @@ pub fn write_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsErr
     params.not_after = now + time::Duration::days(365);
     let cert = params.self_signed(&key).map_err(gen_err)?;
     let write = |path: &Path, data: &str, mode: u32| -> Result<(), TlsError> {
-        crate::datadir::write_private(path, data.as_bytes(), mode)
-            .map_err(|e| TlsError::Read { path: path.display().to_string(), message: e.to_string() })
+        crate::datadir::write_private(path, data.as_bytes(), mode).map_err(|e| TlsError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     };
     write(key_path, &key.serialize_pem(), 0o600)?;
     write(cert_path, &cert.pem(), 0o644)?;
@@ -55,26 +61,45 @@ impl Identity {
     /// Reads a PEM chain and key.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| TlsError::Read { path: p.display().to_string(), message: e.to_string() })
+            std::fs::read(p).map_err(|e| TlsError::Read {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })
         };
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
         let certs = rustls_pemfile::certs(&mut &cert_pem[..])
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Read { path: cert_path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| TlsError::Read {
+                path: cert_path.display().to_string(),
+                message: e.to_string(),
+            })?;
         if certs.is_empty() {
-            return Err(TlsError::Config(format!("{} holds no certificate", cert_path.display())));
+            return Err(TlsError::Config(format!(
+                "{} holds no certificate",
+                cert_path.display()
+            )));
         }
         let key = rustls_pemfile::private_key(&mut &key_pem[..])
-            .map_err(|e| TlsError::Read { path: key_path.display().to_string(), message: e.to_string() })?
-            .ok_or_else(|| TlsError::Config(format!("{} holds no private key", key_path.display())))?;
+            .map_err(|e| TlsError::Read {
+                path: key_path.display().to_string(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| {
+                TlsError::Config(format!("{} holds no private key", key_path.display()))
+            })?;
         Ok(Self { certs, key })
     }
 
     /// SHA-256 fingerprint of the leaf certificate, as colon-separated upper-case hex.
     pub fn fingerprint(&self) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.certs[0].as_ref());
-        digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// The rustls server configuration: TLS 1.3 and 1.2, AEAD + ECDHE suites only, h2 and http/1.1.

@@ -5,7 +5,8 @@ use crate::harness::Server;
 #[tokio::test]
 async fn fhirpy_creates_reads_searches_updates_and_deletes() {
     let s = Server::start().await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fhirpy_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fhirpy_client.py");
     let ca = s.data().join("tls/cert.pem");
     let out = tokio::process::Command::new("python3")
         .arg(&script)

@@ -16,13 +16,14 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
     let mut tasks = Vec::new();
     for w in 0..8 {
         let (http, base, token) = (server.clone(), s.base.clone(), s.token.clone());
-        let (acked_creates, acked_tx, stop) = (acked_creates.clone(), acked_tx.clone(), stop.clone());
+        let (acked_creates, acked_tx, stop) =
+            (acked_creates.clone(), acked_tx.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u32;
             // Bounded: at most 400 writes per worker.
             while !stop.load(Ordering::Relaxed) && n < 400 {
                 n += 1;
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     let marker = format!("Tx{w}x{n}");
                     let entries: Vec<_> = (0..5)
                         .map(|_| json!({"resource": {"resourceType": "Patient", "name": [{"family": marker}]}, "request": {"method": "POST", "url": "Patient"}}))
@@ -56,7 +57,11 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
     }
     let creates = acked_creates.lock().await.clone();
     let txs = acked_tx.lock().await.clone();
-    assert!(creates.len() > 20, "the load did not get going: {}", creates.len());
+    assert!(
+        creates.len() > 20,
+        "the load did not get going: {}",
+        creates.len()
+    );
 
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     let mut s2 = Server::spawn(dir, &[]);
@@ -73,7 +78,14 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
     let (_, _, all) = send(s2.get("Patient?family=Tx&_count=1000&_elements=name")).await;
     let mut by_marker = std::collections::HashMap::<String, u32>::new();
     for e in all["entry"].as_array().into_iter().flatten() {
-        *by_marker.entry(e["resource"]["name"][0]["family"].as_str().unwrap().to_string()).or_default() += 1;
+        *by_marker
+            .entry(
+                e["resource"]["name"][0]["family"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default() += 1;
     }
     for (m, n) in by_marker {
         assert_eq!(n, 5, "transaction {m} is partially visible");

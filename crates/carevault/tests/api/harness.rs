@@ -57,7 +57,11 @@ impl Server {
     pub fn spawn(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
         let data = data_dir(&dir);
         let mut cmd = Command::new(bin());
-        cmd.arg("serve").arg("--data").arg(&data).arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -72,7 +76,11 @@ impl Server {
         // Keep draining stderr (logs) into a file so the pipe never fills.
         let log_path = dir.path().join("server.log");
         std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("log");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .expect("log");
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut f);
         });
         let mut lines = BufReader::new(stdout).lines();
@@ -96,7 +104,15 @@ impl Server {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
-        Server { dir, child: Some(child), base, root, http, token: String::new(), stdout_head: head }
+        Server {
+            dir,
+            child: Some(child),
+            base,
+            root,
+            http,
+            token: String::new(),
+            stdout_head: head,
+        }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -119,10 +135,21 @@ impl Server {
         let secret_file = self.dir.path().join(format!("{name}.secret"));
         let (code, out, err) = cli(
             &self.data(),
-            &["client", "add", name, "--scope", scope, "--secret-out", secret_file.to_str().expect("utf8")],
+            &[
+                "client",
+                "add",
+                name,
+                "--scope",
+                scope,
+                "--secret-out",
+                secret_file.to_str().expect("utf8"),
+            ],
         );
         assert_eq!(code, 0, "client add failed: {out} {err}");
-        let secret = std::fs::read_to_string(&secret_file).expect("secret").trim().to_string();
+        let secret = std::fs::read_to_string(&secret_file)
+            .expect("secret")
+            .trim()
+            .to_string();
         let resp = self
             .http
             .post(format!("{}/oauth2/token", self.root))
@@ -133,7 +160,10 @@ impl Server {
             .expect("token request");
         assert_eq!(resp.status(), 200, "token endpoint refused");
         let body: Value = resp.json().await.expect("token json");
-        body["access_token"].as_str().expect("access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -161,14 +191,21 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http") { path.to_string() } else { format!("{}/{}", self.base, path.trim_start_matches('/')) }
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .expect("signal");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal");
         child.wait().expect("wait").code().unwrap_or(-1)
     }
 
@@ -209,7 +246,13 @@ pub fn expressions(oo: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|i| i["expression"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(str::to_string)))
+        .flat_map(|i| {
+            i["expression"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().map(str::to_string))
+        })
         .collect()
 }
 

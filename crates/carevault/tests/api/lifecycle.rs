@@ -73,16 +73,34 @@ fn sha256_hex_colon(data: &[u8]) -> String {
         .expect("sha256sum");
     let hex = String::from_utf8(out.stdout).unwrap();
     let hex = hex.split_whitespace().next().unwrap().to_uppercase();
-    hex.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":")
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[tokio::test]
 async fn every_response_carries_the_security_headers() {
     let s = Server::start().await;
-    for (path, phi) in [("/healthz", false), ("/fhir/metadata", false), ("/fhir/Patient", true), ("/nope", true)] {
-        let resp = s.http.get(format!("{}{}", s.root, path)).bearer_auth(&s.token).send().await.unwrap();
+    for (path, phi) in [
+        ("/healthz", false),
+        ("/fhir/metadata", false),
+        ("/fhir/Patient", true),
+        ("/nope", true),
+    ] {
+        let resp = s
+            .http
+            .get(format!("{}{}", s.root, path))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
         let h = resp.headers();
-        assert_eq!(h["strict-transport-security"], "max-age=31536000; includeSubDomains", "{path}");
+        assert_eq!(
+            h["strict-transport-security"], "max-age=31536000; includeSubDomains",
+            "{path}"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
         assert!(h.contains_key("x-request-id"), "{path}");
@@ -91,35 +109,76 @@ async fn every_response_carries_the_security_headers() {
         }
     }
     // A caller's request id is echoed when well-formed and replaced when not.
-    let r = s.get("Patient").header("x-request-id", "abc.123").send().await.unwrap();
+    let r = s
+        .get("Patient")
+        .header("x-request-id", "abc.123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc.123");
-    let r = s.get("Patient").header("x-request-id", "bad id!").send().await.unwrap();
+    let r = s
+        .get("Patient")
+        .header("x-request-id", "bad id!")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(r.headers()["x-request-id"], "bad id!");
 }
 
 #[tokio::test]
 async fn health_and_readiness_answer_without_a_token() {
     let s = Server::start().await;
-    assert_eq!(s.http.get(format!("{}/healthz", s.root)).send().await.unwrap().status(), 200);
-    assert_eq!(s.http.get(format!("{}/readyz", s.root)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.http
+            .get(format!("{}/readyz", s.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (st, _, cap) = send(s.http.get(format!("{}/metadata", s.base))).await;
     assert_eq!(st, 200);
     assert_eq!(cap["resourceType"], "CapabilityStatement");
     assert_eq!(cap["fhirVersion"], "4.0.1");
-    let mut types: Vec<String> =
-        cap["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap().to_string()).collect();
+    let mut types: Vec<String> = cap["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap().to_string())
+        .collect();
     types.sort();
-    assert_eq!(types, official_resource_types(), "every R4 resource type, nothing else");
+    assert_eq!(
+        types,
+        official_resource_types(),
+        "every R4 resource type, nothing else"
+    );
 }
 
 #[tokio::test]
 async fn plaintext_http_gets_no_answer() {
     let s = Server::start().await;
     let plain = s.root.replace("https://", "http://");
-    let r = reqwest::Client::new().get(format!("{plain}/healthz")).send().await;
+    let r = reqwest::Client::new()
+        .get(format!("{plain}/healthz"))
+        .send()
+        .await;
     match r {
         Err(_) => {}
-        Ok(resp) => assert!(!resp.status().is_success(), "plaintext got {}", resp.status()),
+        Ok(resp) => assert!(
+            !resp.status().is_success(),
+            "plaintext got {}",
+            resp.status()
+        ),
     }
 }
 
@@ -140,7 +199,15 @@ async fn tls_below_1_2_is_refused() {
         .tls_version_max(reqwest::tls::Version::TLS_1_2)
         .build()
         .unwrap();
-    assert_eq!(tls12.get(format!("{}/healthz", s.root)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        tls12
+            .get(format!("{}/healthz", s.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -149,11 +216,14 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     // A slow-ish request in flight (a search over a transaction's worth of data) while SIGTERM arrives.
     let mut entries = Vec::new();
     for i in 0..200 {
-        entries.push(serde_json::json!({"fullUrl": format!("urn:uuid:00000000-0000-0000-0000-{i:012}"),
+        entries.push(
+            serde_json::json!({"fullUrl": format!("urn:uuid:00000000-0000-0000-0000-{i:012}"),
             "resource": {"resourceType": "Patient", "name": [{"family": format!("Drain{i}")}]},
-            "request": {"method": "POST", "url": "Patient"}}));
+            "request": {"method": "POST", "url": "Patient"}}),
+        );
     }
-    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let bundle =
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let req = s.post("", &bundle).send();
     let handle = tokio::spawn(req);
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
@@ -172,7 +242,10 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     s2.authenticate("system/*.*").await;
     let (_, _, b) = send(s2.get("Patient?family=Drain&_summary=count")).await;
     let total = b["total"].as_u64().unwrap();
-    assert!(total == 0 || total == 200, "partial transaction visible: {total}");
+    assert!(
+        total == 0 || total == 200,
+        "partial transaction visible: {total}"
+    );
     if answered {
         assert_eq!(total, 200, "an acknowledged transaction must survive");
     }
@@ -182,7 +255,10 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
 fn official_resource_types() -> Vec<String> {
     use std::io::Read;
     let path = crate::harness::shared_data().join("fhir-r4/profiles-resources.json.gz");
-    let out = std::process::Command::new("zcat").arg(path).output().expect("zcat");
+    let out = std::process::Command::new("zcat")
+        .arg(path)
+        .output()
+        .expect("zcat");
     let mut text = String::new();
     out.stdout.as_slice().read_to_string(&mut text).unwrap();
     let bundle: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real binary, real TLS, a real HTTP client.
+#![allow(clippy::unwrap_used)]
 
 mod harness;
 

@@ -9,43 +9,100 @@ async fn count(s: &Server, query: &str) -> u64 {
     b["total"].as_u64().unwrap()
 }
 
-fn raw_post(s: &Server, path: &str, ct: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
-    s.http.post(s.url(path)).bearer_auth(&s.token).header("content-type", ct).body(body)
+fn raw_post(
+    s: &Server,
+    path: &str,
+    ct: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    s.http
+        .post(s.url(path))
+        .bearer_auth(&s.token)
+        .header("content-type", ct)
+        .body(body)
 }
 
 #[tokio::test]
 async fn malformed_and_invalid_bodies_are_rejected_with_expressions() {
     let s = Server::start().await;
     // Malformed JSON.
-    let (st, _, oo) = send(raw_post(&s, "Patient", "application/fhir+json", "{\"resourceType\": \"Patient\", ")).await;
+    let (st, _, oo) = send(raw_post(
+        &s,
+        "Patient",
+        "application/fhir+json",
+        "{\"resourceType\": \"Patient\", ",
+    ))
+    .await;
     assert_eq!(st, 400);
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("JSON"));
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("JSON")
+    );
     // Wrong resourceType for the URL.
-    let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}))).await;
+    let (st, _, oo) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+    ))
+    .await;
     assert_eq!(st, 400);
     assert_eq!(expressions(&oo), vec!["resourceType"]);
     // Invalid primitive.
-    let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "birthDate": "1970-13-45"}))).await;
+    let (st, _, oo) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "birthDate": "1970-13-45"}),
+    ))
+    .await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.contains("birthDate")), "{oo}");
+    assert!(
+        expressions(&oo).iter().any(|e| e.contains("birthDate")),
+        "{oo}"
+    );
     // Unknown element.
-    let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "favouriteColour": "blue"}))).await;
+    let (st, _, oo) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "favouriteColour": "blue"}),
+    ))
+    .await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.contains("favouriteColour")), "{oo}");
+    assert!(
+        expressions(&oo)
+            .iter()
+            .any(|e| e.contains("favouriteColour")),
+        "{oo}"
+    );
     // Wrong cardinality: gender is a single code.
-    let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "gender": ["male"]}))).await;
+    let (st, _, oo) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "gender": ["male"]}),
+    ))
+    .await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.contains("gender")), "{oo}");
+    assert!(
+        expressions(&oo).iter().any(|e| e.contains("gender")),
+        "{oo}"
+    );
     // Required binding.
-    let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "gender": "robot"}))).await;
+    let (st, _, oo) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Bad"}], "gender": "robot"}),
+    ))
+    .await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.contains("gender")), "{oo}");
+    assert!(
+        expressions(&oo).iter().any(|e| e.contains("gender")),
+        "{oo}"
+    );
     // Narrative with script.
     let (st, _, oo) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}],
         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script></div>"}}))).await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.contains("text.div")), "{oo}");
+    assert!(
+        expressions(&oo).iter().any(|e| e.contains("text.div")),
+        "{oo}"
+    );
     // Event handler attribute.
     let (st, _, _) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bad"}],
         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onclick=\"x()\">hi</p></div>"}}))).await;
@@ -76,7 +133,15 @@ async fn deep_nesting_and_oversized_bodies_are_refused() {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(count(&s, "Patient?family=Big").await, 0);
     // The server is still healthy afterwards.
-    assert_eq!(s.http.get(format!("{}/healthz", s.root)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -87,9 +152,20 @@ async fn xml_and_unknown_types_get_clear_answers() {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     let (st, _, _) = send(s.get("Patient?_format=xml")).await;
     assert_eq!(st, 406);
-    let (st, _, oo) = send(raw_post(&s, "Patient", "application/fhir+xml", "<Patient xmlns=\"http://hl7.org/fhir\"/>")).await;
+    let (st, _, oo) = send(raw_post(
+        &s,
+        "Patient",
+        "application/fhir+xml",
+        "<Patient xmlns=\"http://hl7.org/fhir\"/>",
+    ))
+    .await;
     assert_eq!(st, 415);
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("XML"));
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("XML")
+    );
     let (st, _, oo) = send(s.get("Spaceship/1")).await;
     assert_eq!(st, 404);
     assert_eq!(oo["resourceType"], "OperationOutcome");
@@ -110,9 +186,16 @@ async fn transactions_are_all_or_nothing() {
          "request": {"method": "POST", "url": "Observation"}}
     ]});
     let (st, _, oo) = send(s.post("", &bundle)).await;
-    assert!(st >= 400, "a failed conditional reference must fail the transaction, got {st}");
+    assert!(
+        st >= 400,
+        "a failed conditional reference must fail the transaction, got {st}"
+    );
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert_eq!(count(&s, "Patient?family=Atomic").await, 0, "nothing of a failed transaction is stored");
+    assert_eq!(
+        count(&s, "Patient?family=Atomic").await,
+        0,
+        "nothing of a failed transaction is stored"
+    );
 
     // An invalid resource anywhere fails the whole transaction with an entry-level expression.
     let mut bad = bundle.clone();
@@ -120,7 +203,12 @@ async fn transactions_are_all_or_nothing() {
     bad["entry"][1]["resource"]["status"] = json!("not-a-status");
     let (st, _, oo) = send(s.post("", &bad)).await;
     assert!(st == 400 || st == 422, "{st}");
-    assert!(expressions(&oo).iter().any(|e| e.starts_with("Bundle.entry[1]")), "{oo}");
+    assert!(
+        expressions(&oo)
+            .iter()
+            .any(|e| e.starts_with("Bundle.entry[1]")),
+        "{oo}"
+    );
     assert_eq!(count(&s, "Patient?family=Atomic").await, 0);
 
     // The good part alone commits, and the urn:uuid reference is rewritten to the new id.
@@ -130,7 +218,12 @@ async fn transactions_are_all_or_nothing() {
     assert_eq!(st, 200);
     assert_eq!(resp["type"], "transaction-response");
     let loc = resp["entry"][0]["response"]["location"].as_str().unwrap();
-    assert!(resp["entry"][0]["response"]["status"].as_str().unwrap().starts_with("201"));
+    assert!(
+        resp["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201")
+    );
     let pid = loc.split('/').nth(1).unwrap().to_string();
     let obs_loc = resp["entry"][1]["response"]["location"].as_str().unwrap();
     let obs_path = obs_loc.split("/_history").next().unwrap();
@@ -149,18 +242,30 @@ async fn batches_answer_per_entry() {
     let (st, _, resp) = send(s.post("", &bundle)).await;
     assert_eq!(st, 200);
     assert_eq!(resp["type"], "batch-response");
-    let statuses: Vec<&str> = resp["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = resp["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
     assert!(statuses[0].starts_with("201"), "{statuses:?}");
     assert!(statuses[1].starts_with("4"), "{statuses:?}");
     assert!(statuses[2].starts_with("404"), "{statuses:?}");
-    assert_eq!(resp["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(
+        resp["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
     assert_eq!(count(&s, "Patient?family=BatchOk").await, 1);
 }
 
 #[tokio::test]
 async fn missing_invalid_and_expired_tokens_get_401_and_nothing() {
     let s = Server::start().await;
-    let (_, _, p) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Secret"}]}))).await;
+    let (_, _, p) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Secret"}]}),
+    ))
+    .await;
     let id = p["id"].as_str().unwrap().to_string();
     let path = format!("Patient/{id}");
     let tampered = {
@@ -224,7 +329,11 @@ async fn expired_tokens_are_refused() {
 #[tokio::test]
 async fn scopes_limit_what_a_client_may_do() {
     let mut s = Server::start().await;
-    let (_, _, p) = send(s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Scoped"}]}))).await;
+    let (_, _, p) = send(s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Scoped"}]}),
+    ))
+    .await;
     s.token = s.token_for("reader", "system/Patient.rs").await;
     let (st, _, _) = send(s.get(&format!("Patient/{}", p["id"].as_str().unwrap()))).await;
     assert_eq!(st, 200);

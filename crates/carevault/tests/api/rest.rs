@@ -17,7 +17,12 @@ async fn create_read_update_delete_with_versions_and_headers() {
     assert_eq!(body["meta"]["versionId"], "1");
     assert!(body["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
     assert_eq!(h["etag"], "W/\"1\"");
-    assert!(h["location"].to_str().unwrap().ends_with(&format!("/fhir/Patient/{id}/_history/1")));
+    assert!(
+        h["location"]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("/fhir/Patient/{id}/_history/1"))
+    );
     assert!(h.contains_key("last-modified"));
     assert_eq!(h["content-type"], "application/fhir+json; charset=utf-8");
 
@@ -30,13 +35,21 @@ async fn create_read_update_delete_with_versions_and_headers() {
     let mut upd = read.clone();
     upd["name"][0]["family"] = json!("Byron");
     upd["meta"]["versionId"] = json!("99");
-    let (st, h, body) = send(s.put(&format!("Patient/{id}"), &upd).header("if-match", "W/\"1\"")).await;
+    let (st, h, body) = send(
+        s.put(&format!("Patient/{id}"), &upd)
+            .header("if-match", "W/\"1\""),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(body["meta"]["versionId"], "2");
     assert_eq!(h["etag"], "W/\"2\"");
 
     // Stale If-Match → 412, nothing changed.
-    let (st, _, oo) = send(s.put(&format!("Patient/{id}"), &upd).header("if-match", "W/\"1\"")).await;
+    let (st, _, oo) = send(
+        s.put(&format!("Patient/{id}"), &upd)
+            .header("if-match", "W/\"1\""),
+    )
+    .await;
     assert_eq!(st, 412);
     assert_eq!(oo["resourceType"], "OperationOutcome");
     let (_, _, now) = send(s.get(&format!("Patient/{id}"))).await;
@@ -65,7 +78,10 @@ async fn create_read_update_delete_with_versions_and_headers() {
 
     // The access log has a line per request but never the patient's data or id.
     let log = s.log();
-    assert!(log.contains("/fhir/{type}/{id}"), "route templates are logged");
+    assert!(
+        log.contains("/fhir/{type}/{id}"),
+        "route templates are logged"
+    );
     for phi in ["Lovelace", "Byron", "1970-05-01", id.as_str()] {
         assert!(!log.contains(phi), "the log holds {phi}");
     }
@@ -84,7 +100,9 @@ async fn round_trip_loses_nothing() {
         "note": [{"text": "León820 Cortés936"}]
     });
     // Send the exact text so decimals are as written (serde_json would re-render 1.50).
-    let text = original.to_string().replace("\"value\":1.5,", "\"value\":1.50,");
+    let text = original
+        .to_string()
+        .replace("\"value\":1.5,", "\"value\":1.50,");
     assert!(text.contains("1.50"));
     let resp = s
         .http
@@ -96,9 +114,22 @@ async fn round_trip_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let raw = s.get(&format!("Observation/{id}")).send().await.unwrap().text().await.unwrap();
-    assert!(raw.contains("\"value\":1.50"), "decimal precision lost: {raw}");
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let raw = s
+        .get(&format!("Observation/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains("\"value\":1.50"),
+        "decimal precision lost: {raw}"
+    );
     assert!(raw.contains("28.104000000000003"), "{raw}");
     assert!(raw.contains("\"_status\""), "{raw}");
     assert!(raw.contains("León820 Cortés936"), "{raw}");
@@ -120,15 +151,27 @@ async fn update_as_create_and_conditional_operations() {
     // Conditional create: the second call finds the first.
     let mut q = patient("Cond");
     q["identifier"] = json!([{"system": "urn:mrn", "value": "123"}]);
-    let (st, _, a) = send(s.post("Patient", &q).header("if-none-exist", "identifier=urn:mrn|123")).await;
+    let (st, _, a) = send(
+        s.post("Patient", &q)
+            .header("if-none-exist", "identifier=urn:mrn|123"),
+    )
+    .await;
     assert_eq!(st, 201);
-    let (st, _, b) = send(s.post("Patient", &q).header("if-none-exist", "identifier=urn:mrn|123")).await;
+    let (st, _, b) = send(
+        s.post("Patient", &q)
+            .header("if-none-exist", "identifier=urn:mrn|123"),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(a["id"], b["id"]);
     // Two matches → 412.
     let (st, _, _) = send(s.post("Patient", &q)).await;
     assert_eq!(st, 201);
-    let (st, _, _) = send(s.post("Patient", &q).header("if-none-exist", "identifier=urn:mrn|123")).await;
+    let (st, _, _) = send(
+        s.post("Patient", &q)
+            .header("if-none-exist", "identifier=urn:mrn|123"),
+    )
+    .await;
     assert_eq!(st, 412);
 
     // Conditional update creates when nothing matches, updates when one does.
@@ -175,16 +218,29 @@ async fn json_patch_and_prefer() {
         .send()
         .await
         .unwrap();
-    assert!(resp.status() == 400 || resp.status() == 422, "{}", resp.status());
+    assert!(
+        resp.status() == 400 || resp.status() == 422,
+        "{}",
+        resp.status()
+    );
     let (_, _, now) = send(s.get(&format!("Patient/{id}"))).await;
     assert_eq!(now["gender"], "other");
 
     // Prefer: return=minimal → empty body with headers; OperationOutcome → an OO.
-    let resp = s.post("Patient", &patient("Min")).header("prefer", "return=minimal").send().await.unwrap();
+    let resp = s
+        .post("Patient", &patient("Min"))
+        .header("prefer", "return=minimal")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     assert!(resp.headers().contains_key("location"));
     assert!(resp.bytes().await.unwrap().is_empty());
-    let (st, _, oo) = send(s.post("Patient", &patient("OO")).header("prefer", "return=OperationOutcome")).await;
+    let (st, _, oo) = send(
+        s.post("Patient", &patient("OO"))
+            .header("prefer", "return=OperationOutcome"),
+    )
+    .await;
     assert_eq!(st, 201);
     assert_eq!(oo["resourceType"], "OperationOutcome");
 }
@@ -193,12 +249,21 @@ async fn json_patch_and_prefer() {
 async fn history_at_every_level_pages() {
     let s = Server::start().await;
     for i in 0..5 {
-        send(s.post("Practitioner", &json!({"resourceType": "Practitioner", "name": [{"family": format!("H{i}")}]}))).await;
+        send(s.post(
+            "Practitioner",
+            &json!({"resourceType": "Practitioner", "name": [{"family": format!("H{i}")}]}),
+        ))
+        .await;
     }
     let (st, _, b) = send(s.get("Practitioner/_history?_count=2")).await;
     assert_eq!(st, 200);
     assert_eq!(b["entry"].as_array().unwrap().len(), 2);
-    let next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").expect("next link");
+    let next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next link");
     let (st, _, b2) = send(s.get(next["url"].as_str().unwrap())).await;
     assert_eq!(st, 200);
     assert_eq!(b2["entry"].as_array().unwrap().len(), 2);
@@ -214,10 +279,26 @@ async fn validate_answers_without_storing() {
     let (st, _, oo) = send(s.post("Patient/$validate", &patient("Valid"))).await;
     assert_eq!(st, 200);
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert!(oo["issue"].as_array().unwrap().iter().all(|i| i["severity"] != "error"));
-    let (st, _, oo) = send(s.post("Patient/$validate", &json!({"resourceType": "Patient", "gender": "robot"}))).await;
+    assert!(
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["severity"] != "error")
+    );
+    let (st, _, oo) = send(s.post(
+        "Patient/$validate",
+        &json!({"resourceType": "Patient", "gender": "robot"}),
+    ))
+    .await;
     assert_eq!(st, 200);
-    assert!(oo["issue"].as_array().unwrap().iter().any(|i| i["severity"] == "error"));
+    assert!(
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["severity"] == "error")
+    );
     let (_, _, b) = send(s.get("Patient?family=Valid&_summary=count")).await;
     assert_eq!(b["total"], 0);
 }

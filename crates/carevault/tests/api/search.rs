@@ -50,7 +50,10 @@ async fn search_kinds_modifiers_and_result_parameters() {
     assert_eq!(ids(&q("Patient?family=mu").await), vec!["p1", "p2"]);
     assert_eq!(ids(&q("Patient?family=MÜLLER").await), vec!["p1"]);
     assert_eq!(ids(&q("Patient?family:exact=Müller").await), vec!["p1"]);
-    assert_eq!(ids(&q("Patient?family:exact=müller").await), Vec::<String>::new());
+    assert_eq!(
+        ids(&q("Patient?family:exact=müller").await),
+        Vec::<String>::new()
+    );
     assert_eq!(ids(&q("Patient?family:contains=ELL").await), vec!["p2"]);
     assert_eq!(ids(&q("Patient?name=carla").await), vec!["p3"]);
     // token
@@ -59,7 +62,10 @@ async fn search_kinds_modifiers_and_result_parameters() {
     assert_eq!(ids(&q("Patient?gender=female").await), vec!["p1", "p3"]);
     assert_eq!(ids(&q("Patient?gender:not=female").await), vec!["p2"]);
     assert_eq!(ids(&q("Observation?code:text=heart").await), vec!["o1"]);
-    assert_eq!(ids(&q("Patient?gender=male,female&family=mu").await), vec!["p1", "p2"]);
+    assert_eq!(
+        ids(&q("Patient?gender=male,female&family=mu").await),
+        vec!["p1", "p2"]
+    );
     // :missing
     assert_eq!(ids(&q("Patient?identifier:missing=true").await), vec!["p3"]);
     // date with partial-date ranges and prefixes
@@ -67,38 +73,92 @@ async fn search_kinds_modifiers_and_result_parameters() {
     assert_eq!(ids(&q("Patient?birthdate=1980-02").await), vec!["p1"]);
     assert_eq!(ids(&q("Patient?birthdate=ge1981").await), vec!["p2"]);
     assert_eq!(ids(&q("Patient?birthdate=lt1980-12-31").await), vec!["p1"]);
-    assert_eq!(ids(&q("Observation?date=ge2021-03-04&date=lt2021-06").await), vec!["o1", "o2"]);
+    assert_eq!(
+        ids(&q("Observation?date=ge2021-03-04&date=lt2021-06").await),
+        vec!["o1", "o2"]
+    );
     // reference forms, :Type, chaining, reverse chaining
-    assert_eq!(ids(&q("Observation?subject=Patient/p1").await), vec!["o1", "o2"]);
+    assert_eq!(
+        ids(&q("Observation?subject=Patient/p1").await),
+        vec!["o1", "o2"]
+    );
     assert_eq!(ids(&q("Observation?patient=p3").await), vec!["o3"]);
     assert_eq!(ids(&q("Observation?subject:Patient=p3").await), vec!["o3"]);
-    assert_eq!(ids(&q("Observation?subject:Patient.name=smith").await), vec!["o3"]);
-    assert_eq!(ids(&q("Patient?_has:Observation:patient:code=8310-5").await), vec!["p1"]);
+    assert_eq!(
+        ids(&q("Observation?subject:Patient.name=smith").await),
+        vec!["o3"]
+    );
+    assert_eq!(
+        ids(&q("Patient?_has:Observation:patient:code=8310-5").await),
+        vec!["p1"]
+    );
     // quantity and number-like comparisons
-    assert_eq!(ids(&q("Observation?value-quantity=gt100|http://unitsofmeasure.org|/min").await), vec!["o3"]);
+    assert_eq!(
+        ids(&q("Observation?value-quantity=gt100|http://unitsofmeasure.org|/min").await),
+        vec!["o3"]
+    );
     assert_eq!(ids(&q("Observation?value-quantity=37.5").await), vec!["o2"]);
     // combined patient + code, as the benchmark does
-    assert_eq!(ids(&q("Observation?patient=p1&code=http://loinc.org|8867-4").await), vec!["o1"]);
+    assert_eq!(
+        ids(&q("Observation?patient=p1&code=http://loinc.org|8867-4").await),
+        vec!["o1"]
+    );
     // _id and _lastUpdated
     assert_eq!(ids(&q("Patient?_id=p2,p3").await), vec!["p2", "p3"]);
     assert_eq!(ids(&q("Patient?_lastUpdated=gt2000-01-01").await).len(), 3);
     // _include / _revinclude
     let b = q("Observation?_id=o1&_include=Observation:subject").await;
-    let included: Vec<&str> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    let included: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(included, vec!["p1"]);
     let b = q("Patient?_id=p1&_revinclude=Observation:subject").await;
-    let mut rev: Vec<&str> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    let mut rev: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
     rev.sort();
     assert_eq!(rev, vec!["o1", "o2"]);
     // _sort, _count with paging links, _summary=count, _elements, _total
     let b = q("Patient?_sort=-birthdate&_count=2").await;
-    let order: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    let order: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(order, vec!["p2", "p3"]);
-    let next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, _, b2) = send(s.get(&next)).await;
-    let order2: Vec<&str> = b2["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    let order2: Vec<&str> = b2["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(order2, vec!["p1"]);
-    assert!(b2["link"].as_array().unwrap().iter().any(|l| l["relation"] == "previous"));
+    assert!(
+        b2["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "previous")
+    );
     assert_eq!(q("Patient?gender=female&_summary=count").await["total"], 2);
     let b = q("Patient?_id=p1&_elements=gender").await;
     let r = &b["entry"][0]["resource"];
@@ -122,7 +182,16 @@ async fn search_kinds_modifiers_and_result_parameters() {
     // unknown parameters: lenient ignores, strict refuses
     let (st, _, _) = send(s.get("Patient?shoe-size=42")).await;
     assert_eq!(st, 200);
-    let (st, _, oo) = send(s.get("Patient?shoe-size=42").header("prefer", "handling=strict")).await;
+    let (st, _, oo) = send(
+        s.get("Patient?shoe-size=42")
+            .header("prefer", "handling=strict"),
+    )
+    .await;
     assert_eq!(st, 400);
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("shoe-size"));
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("shoe-size")
+    );
 }
