@@ -11,7 +11,6 @@ pub struct Config {
     pub server: ServerSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
-    pub search: SearchSettings,
     pub log: LogSettings,
 }
 
@@ -25,7 +24,6 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub request_timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
-    pub node_name: String,
 }
 
 /// `[tls]`
@@ -45,14 +43,6 @@ pub struct AuthSettings {
     pub token_lifetime_seconds: u64,
 }
 
-/// `[search]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SearchSettings {
-    pub default_count: usize,
-    pub max_count: usize,
-}
-
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,7 +59,6 @@ impl Default for ServerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_seconds: 60,
             shutdown_grace_seconds: 30,
-            node_name: "cv-node-1".into(),
         }
     }
 }
@@ -87,15 +76,6 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             token_lifetime_seconds: 600,
-        }
-    }
-}
-
-impl Default for SearchSettings {
-    fn default() -> Self {
-        Self {
-            default_count: 20,
-            max_count: 1000,
         }
     }
 }
@@ -123,8 +103,6 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 # request_timeout_seconds = 60
 # On SIGTERM/SIGINT, in-flight requests get this long to finish.
 # shutdown_grace_seconds = 30
-# Name of this node in audit entries.
-# node_name = "cv-node-1"
 
 [tls]
 # Certificate chain and private key (PEM); relative paths are inside the data directory.
@@ -134,11 +112,6 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 [auth]
 # Lifetime of access tokens in seconds (at most 900).
 # token_lifetime_seconds = 600
-
-[search]
-# Page size when _count is absent, and the largest _count accepted.
-# default_count = 20
-# max_count = 1000
 
 [log]
 # "text" for people, "json" for machines.
@@ -192,7 +165,7 @@ impl Config {
                 return Err(invalid_env(&name, "expected CAREVAULT_<SECTION>_<KEY>"));
             };
             let section = section.to_ascii_lowercase();
-            if !["server", "tls", "auth", "search", "log"].contains(&section.as_str()) {
+            if !["server", "tls", "auth", "log"].contains(&section.as_str()) {
                 return Err(invalid_env(
                     &name,
                     &format!("there is no settings section [{section}]"),
@@ -230,9 +203,6 @@ impl Config {
         };
         if self.auth.token_lifetime_seconds == 0 || self.auth.token_lifetime_seconds > 900 {
             return bad("auth.token_lifetime_seconds must be between 1 and 900");
-        }
-        if self.search.default_count == 0 || self.search.default_count > self.search.max_count {
-            return bad("search.default_count must be between 1 and search.max_count");
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return bad("log.format must be \"text\" or \"json\"");
@@ -278,12 +248,22 @@ mod tests {
     fn environment_overrides_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[search]\ndefault_count = 5\n").unwrap();
+        std::fs::write(&p, "[server]\nshutdown_grace_seconds = 5\n").unwrap();
+        assert_eq!(
+            Config::load(&p, Vec::new())
+                .unwrap()
+                .server
+                .shutdown_grace_seconds,
+            5
+        );
         let env = vec![(
-            "CAREVAULT_SEARCH_DEFAULT_COUNT".to_string(),
+            "CAREVAULT_SERVER_SHUTDOWN_GRACE_SECONDS".to_string(),
             "7".to_string(),
         )];
-        assert_eq!(Config::load(&p, env).unwrap().search.default_count, 7);
+        assert_eq!(
+            Config::load(&p, env).unwrap().server.shutdown_grace_seconds,
+            7
+        );
         let env = vec![("CAREVAULT_NOPE_X".to_string(), "7".to_string())];
         assert!(
             Config::load(&p, env)

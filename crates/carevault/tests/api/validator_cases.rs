@@ -59,6 +59,7 @@ async fn core_validator_cases_through_validate() {
         valid_missed.is_empty(),
         "expected-valid cases rejected: {valid_missed:#?}"
     );
-    // Floor: what the validator achieves today (see docs/validation.md); raise it, never lower it.
-    assert!(rate >= 0.80, "agreement fell to {rate}");
+    // Floor: what the validator achieved when this test was written (55 of 64, see
+    // docs/validation.md); raise it as the validator improves, never lower it.
+    assert!(agree >= 55, "agreement fell to {agree}/{}", cases.len());
 }
