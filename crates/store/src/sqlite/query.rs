@@ -389,29 +389,41 @@ impl Tx for SqlTx<'_> {
 }
 
 /// Translates a plan into a SELECT yielding matching `rid`s (deduplicated), pushing bind values.
+///
+/// The first clause drives; every further clause is a correlated `EXISTS` probe on its index
+/// (an index seek per candidate), so a selective first clause never pays for materialising a
+/// large second one, as an `INTERSECT` would.
 fn plan_sql(plan: &Plan, args: &mut Vec<Sql>) -> String {
     if plan.clauses.is_empty() {
         args.push(Sql::Text(plan.rtype.clone()));
         return "SELECT rid FROM res WHERE rtype = ? AND deleted = 0".into();
     }
-    let parts: Vec<String> = plan
-        .clauses
-        .iter()
-        .map(|clause| {
-            let ors: Vec<String> = clause
-                .iter()
-                .map(|c| format!("SELECT rid FROM ({})", cond_sql(&plan.rtype, c, args)))
-                .collect();
-            match ors.len() {
-                0 => "SELECT rid FROM res WHERE 0".to_owned(),
-                // UNION and INTERSECT deduplicate; a lone condition needs DISTINCT.
-                1 => ors[0].replacen("SELECT rid", "SELECT DISTINCT rid", 1),
-                _ => ors.join(" UNION "),
-            }
-        })
-        .map(|s| format!("SELECT rid FROM ({s})"))
+    let mut parts = plan.clauses.iter().map(|clause| {
+        let ors: Vec<String> = clause
+            .iter()
+            .map(|c| format!("SELECT rid FROM ({})", cond_sql(&plan.rtype, c, args)))
+            .collect();
+        match ors.len() {
+            0 => "SELECT rid FROM res WHERE 0".to_owned(),
+            1 => ors.into_iter().next().unwrap_or_default(),
+            // UNION deduplicates.
+            _ => ors.join(" UNION "),
+        }
+    });
+    let Some(first) = parts.next() else {
+        return "SELECT rid FROM res WHERE 0".into();
+    };
+    let probes: Vec<String> = parts
+        .map(|p| format!("EXISTS (SELECT 1 FROM ({p}) WHERE rid = d.rid)"))
         .collect();
-    parts.join(" INTERSECT ")
+    if probes.is_empty() {
+        format!("SELECT DISTINCT rid FROM ({first})")
+    } else {
+        format!(
+            "SELECT DISTINCT d.rid FROM ({first}) d WHERE {}",
+            probes.join(" AND ")
+        )
+    }
 }
 
 fn range_sql(range: &RangeCond, args: &mut Vec<Sql>, lo: &str, hi: &str) -> String {
