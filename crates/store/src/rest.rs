@@ -570,6 +570,14 @@ pub fn conditional_delete_in_tx(
     query: &str,
 ) -> Result<usize, RestError> {
     let keys = search::matching_keys(tx, keyring, rtype, query)?;
+    // Conditional delete is "single": a condition that matches several resources deletes none,
+    // so a loose query can never wipe out part of a chart.
+    if keys.len() > 1 {
+        return Err(RestError::PreconditionFailed(format!(
+            "The condition matches {} {rtype} resources; a conditional delete must match at most one.",
+            keys.len()
+        )));
+    }
     let recs = tx.load(&keys)?;
     let mut n = 0;
     for rec in recs {

@@ -243,12 +243,19 @@ fn conditional_create_update_delete() {
         rest.conditional_update("Patient", "identifier=urn:mrn|42", p, None),
         Err(RestError::PreconditionFailed(_))
     ));
+    // A conditional delete matching several resources deletes none of them.
+    let before = count(&rest, "Patient", "family=cond");
+    assert!(matches!(
+        rest.conditional_delete("Patient", "identifier=urn:mrn|42"),
+        Err(RestError::PreconditionFailed(_))
+    ));
+    assert_eq!(count(&rest, "Patient", "family=cond"), before);
     assert_eq!(
-        rest.conditional_delete("Patient", "identifier=urn:mrn|42")
+        rest.conditional_delete("Patient", "identifier=urn:mrn|43")
             .unwrap(),
-        2
+        1
     );
-    assert_eq!(count(&rest, "Patient", "family=cond"), 1);
+    assert_eq!(count(&rest, "Patient", "family=cond"), before - 1);
 }
 
 #[test]
