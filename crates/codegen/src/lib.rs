@@ -242,6 +242,9 @@ fn element_table(
         }
         row.insert("min".into(), element["min"].clone());
         row.insert("max".into(), element["max"].clone());
+        if element["isSummary"] == true {
+            row.insert("summary".into(), json!(true));
+        }
         let prefix = format!("{path}.");
         if paths.iter().any(|p| p.starts_with(&prefix)) {
             row.insert("children".into(), json!(true));

@@ -150,6 +150,8 @@ pub struct Child {
     pub max: Option<u32>,
     /// The required value set's URL, when the binding could be expanded.
     pub binding: Option<String>,
+    /// Whether the element is part of the summary view (`ElementDefinition.isSummary`).
+    pub summary: bool,
 }
 
 /// An element that must be present, with the JSON names that satisfy it.
@@ -375,6 +377,7 @@ impl Definitions {
             let many = max != "1" && max != "0";
             let max = if many { max.parse().ok() } else { None };
             let binding = element["binding"].as_str().map(str::to_string);
+            let summary = element["summary"] == true;
             let mut variants: Vec<(String, ElementType, String)> = Vec::new();
             if let Some(reference) = element["ref"].as_str() {
                 let node = *node_of_path
@@ -432,6 +435,7 @@ impl Definitions {
                         many,
                         max,
                         binding: binding.clone(),
+                        summary,
                     },
                 );
             }
@@ -490,6 +494,16 @@ impl Definitions {
         self.search_params(rtype).iter().find(|p| p.code == code)
     }
 
+    /// True when the top-level JSON property `name` of `rtype` belongs to the summary view
+    /// (`_summary=true`); choice variants (`valueQuantity`) and `_primitive` siblings included.
+    pub fn is_summary_element(&self, rtype: &str, name: &str) -> bool {
+        let name = name.strip_prefix('_').unwrap_or(name);
+        self.type_def(rtype)
+            .and_then(|t| t.nodes.first())
+            .and_then(|root| root.children.get(name))
+            .is_some_and(|c| c.summary)
+    }
+
     /// The search parameters that place a resource of this type in a Patient's compartment
     /// (empty when the type is never in one).
     pub fn compartment_params(&self, rtype: &str) -> &[String] {
@@ -531,6 +545,17 @@ fn strings(v: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_flags_follow_is_summary() {
+        let d = definitions();
+        assert!(d.is_summary_element("Patient", "name"));
+        assert!(d.is_summary_element("Patient", "_birthDate"));
+        assert!(d.is_summary_element("Observation", "valueQuantity"));
+        assert!(!d.is_summary_element("Patient", "photo"));
+        assert!(!d.is_summary_element("Patient", "contact"));
+        assert!(!d.is_summary_element("Patient", "text"));
+    }
 
     #[test]
     fn embedded_tables_load() {

@@ -26,7 +26,7 @@ async fn put(s: &Server, r: Value) {
 async fn search_kinds_modifiers_and_result_parameters() {
     let s = Server::start().await;
     put(&s, json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Müller", "given": ["Anna"]}], "gender": "female", "birthDate": "1980-02-10",
-        "identifier": [{"system": "urn:mrn", "value": "A1"}]})).await;
+        "identifier": [{"system": "urn:mrn", "value": "A1"}], "contact": [{"name": {"family": "Kin"}}]})).await;
     put(&s, json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Mueller", "given": ["Bob"]}], "gender": "male", "birthDate": "1990",
         "identifier": [{"system": "urn:other", "value": "A1"}]})).await;
     put(&s, json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Smith", "given": ["Carla"]}], "gender": "female", "birthDate": "1980-12-31"})).await;
@@ -165,6 +165,23 @@ async fn search_kinds_modifiers_and_result_parameters() {
     assert_eq!(r["gender"], "female");
     assert!(r.get("name").is_none());
     assert_eq!(q("Patient?_total=accurate&family=mu").await["total"], 2);
+    // _summary=true keeps the elements R4 marks isSummary and says the resource is subsetted.
+    let b = q("Patient?_id=p1&_summary=true").await;
+    let r = &b["entry"][0]["resource"];
+    assert_eq!(r["name"][0]["family"], "Müller");
+    assert_eq!(r["birthDate"], "1980-02-10");
+    assert!(
+        r.get("contact").is_none(),
+        "contact is not a summary element: {r}"
+    );
+    assert!(
+        r["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["code"] == "SUBSETTED"),
+        "{r}"
+    );
     // compartment
     assert_eq!(ids(&q("Patient/p1/Observation").await), vec!["o1", "o2"]);
     // POST _search

@@ -687,9 +687,23 @@ fn shape(c: &Compiled, resource: Value) -> Value {
                 matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str())
             })
             .collect(),
-        // Without per-element summary flags from the definitions, `_summary=true` and `data`
-        // drop the narrative, the largest non-summary element.
-        None if matches!(c.summary, Summary::True | Summary::Data) => {
+        // `true`: the elements the definitions mark isSummary (plus id and meta).
+        None if c.summary == Summary::True => {
+            let defs = carevault_fhir::definitions();
+            let rtype = obj
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            obj.into_iter()
+                .filter(|(k, _)| {
+                    matches!(k.as_str(), "resourceType" | "id" | "meta")
+                        || defs.is_summary_element(&rtype, k)
+                })
+                .collect()
+        }
+        // `data`: everything but the narrative.
+        None if c.summary == Summary::Data => {
             obj.into_iter().filter(|(k, _)| k != "text").collect()
         }
         None => return Value::Object(obj),
