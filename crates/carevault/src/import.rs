@@ -62,15 +62,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
     }
     let load = |f: &PathBuf| {
-        let outcome = load_file(&parts.rest, f);
+        let (types, rejected) = load_file(&parts.rest, f);
         let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(types) => {
-                for (t, n) in types {
-                    *s.by_type.entry(t).or_default() += n;
-                }
-            }
-            Err(reason) => s.rejected.push((f.display().to_string(), reason)),
+        for (t, n) in types {
+            *s.by_type.entry(t).or_default() += n;
+        }
+        if let Some(reason) = rejected {
+            s.rejected.push((f.display().to_string(), reason));
         }
         progress.file_done(f, s.resources());
     };
@@ -175,12 +173,22 @@ fn bundle_type(p: &Path) -> Option<String> {
     Some(rest[start..end].to_string())
 }
 
-/// Loads one file; returns resources by type, or why the file was rejected.
-fn load_file(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<String, u64>, String> {
-    let is_ndjson = path.extension().and_then(|e| e.to_str()) == Some("ndjson");
-    if is_ndjson {
-        return load_ndjson(rest, path);
+/// Loads one file; returns the resources stored by type and, if the file stopped early or was
+/// refused, why. A bundle is one transaction (all or nothing); an NDJSON line is one write, so
+/// the lines before a bad one stay stored and are counted.
+fn load_file(rest: &carevault_store::Rest, path: &Path) -> (BTreeMap<String, u64>, Option<String>) {
+    if path.extension().and_then(|e| e.to_str()) == Some("ndjson") {
+        let mut types = BTreeMap::new();
+        let outcome = load_ndjson(rest, path, &mut types);
+        return (types, outcome.err());
     }
+    match load_json(rest, path) {
+        Ok(types) => (types, None),
+        Err(reason) => (BTreeMap::new(), Some(reason)),
+    }
+}
+
+fn load_json(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<String, u64>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
@@ -232,9 +240,12 @@ fn load_file(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<Strin
     }
 }
 
-fn load_ndjson(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<String, u64>, String> {
+fn load_ndjson(
+    rest: &carevault_store::Rest,
+    path: &Path,
+    types: &mut BTreeMap<String, u64>,
+) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut types = BTreeMap::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| format!("line {}: cannot read: {e}", n + 1))?;
         if line.trim().is_empty() {
@@ -250,7 +261,7 @@ fn load_ndjson(rest: &carevault_store::Rest, path: &Path) -> Result<BTreeMap<Str
         store_one(rest, value).map_err(|e| format!("line {}: {e}", n + 1))?;
         *types.entry(t).or_default() += 1;
     }
-    Ok(types)
+    Ok(())
 }
 
 /// A single resource keeps its id when it has one (update-as-create), else gets a new one.

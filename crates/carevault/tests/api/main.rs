@@ -5,6 +5,7 @@ mod harness;
 
 mod client_library;
 mod durability;
+mod import;
 mod lifecycle;
 mod rejections;
 mod rest;
