@@ -11,4 +11,5 @@ mod rejections;
 mod rest;
 mod search;
 mod synthea;
+mod tls_scan;
 mod validator_cases;
