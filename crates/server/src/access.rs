@@ -163,6 +163,47 @@ pub fn bundle_interactions(bundle: &Value) -> Vec<(String, Interaction)> {
     out
 }
 
+/// The other resource types a search reaches through its parameters: `_include` targets,
+/// `_revinclude` sources, chained parameters and `_has`. The caller's scopes must allow reading
+/// each of them, or the search would reveal what the scopes forbid.
+pub fn search_reaches(rtype: &str, params: &[(String, String)]) -> Vec<String> {
+    let defs = carevault_fhir::definitions();
+    let targets_of = |source: &str, code: &str| -> Vec<String> {
+        defs.search_param(source, code)
+            .map(|p| p.targets.clone())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (name, value) in params {
+        let base = name.split(':').next().unwrap_or("");
+        if base == "_include" || base == "_revinclude" {
+            let mut parts = value.split(':');
+            let (source, code, target) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next(),
+            );
+            if base == "_revinclude" {
+                out.push(source.to_string());
+            }
+            match target {
+                Some(t) => out.push(t.to_string()),
+                None if code == "*" => out.push("*".to_string()),
+                None => out.extend(targets_of(source, code)),
+            }
+        } else if let Some(rest) = name.strip_prefix("_has:") {
+            out.extend(rest.split(':').next().map(str::to_string));
+        } else if let Some((param, _)) = name.split_once('.') {
+            // `subject:Patient.name` names its type; `subject.name` reaches every target type.
+            match param.split_once(':') {
+                Some((_, t)) => out.push(t.to_string()),
+                None => out.extend(targets_of(rtype, param)),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +219,30 @@ mod tests {
         assert!(!c.allows("*", Interaction::Read));
         let all = Caller::new("x".into(), "system/*.*");
         assert!(all.allows("*", Interaction::Delete));
+    }
+
+    #[test]
+    fn searches_reach_included_chained_and_reverse_chained_types() {
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let r = search_reaches(
+            "Observation",
+            &p(&[("_include", "Observation:subject:Patient")]),
+        );
+        assert_eq!(r, vec!["Patient"]);
+        let r = search_reaches("Patient", &p(&[("_revinclude", "Observation:subject")]));
+        assert!(r.contains(&"Observation".to_string()));
+        let r = search_reaches("Observation", &p(&[("subject:Patient.name", "x")]));
+        assert_eq!(r, vec!["Patient"]);
+        let r = search_reaches("Observation", &p(&[("patient.name", "x")]));
+        assert_eq!(r, vec!["Patient"]);
+        let r = search_reaches("Patient", &p(&[("_has:Observation:patient:code", "1")]));
+        assert_eq!(r, vec!["Observation"]);
+        assert!(search_reaches("Patient", &p(&[("family", "x")])).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `/fhir` surface: one entry point that parses the path, authenticates the caller, checks
 //! content negotiation and dispatches to the FHIR interaction, answering errors as OperationOutcomes.
 
-use crate::access::{Caller, Interaction, bundle_interactions};
+use crate::access::{Caller, Interaction, bundle_interactions, search_reaches};
 use crate::outcome::{ApiError, OutcomeIssue, outcome_json};
 use crate::{App, CallerId, RequestId, RouteTemplate, fhir_response};
 use axum::body::Body;
@@ -264,6 +264,9 @@ async fn conditional_delete(call: Call, t: &str) -> Answer {
 
 async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
     call.require(t, Interaction::Search)?;
+    for other in search_reaches(t, &call.params) {
+        call.require(&other, Interaction::Read)?;
+    }
     if compartment.is_some() {
         call.require("Patient", Interaction::Read)?;
     }

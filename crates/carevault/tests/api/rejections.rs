@@ -342,4 +342,18 @@ async fn scopes_limit_what_a_client_may_do() {
     assert_eq!(oo["issue"][0]["code"], "forbidden");
     let (st, _, _) = send(s.get("Observation?code=x")).await;
     assert_eq!(st, 403);
+    // A client that may read Observations cannot reach Patients through them.
+    s.token = s.token_for("obs-reader", "system/Observation.rs").await;
+    let (st, _, _) = send(s.get("Observation?code=x")).await;
+    assert_eq!(st, 200);
+    for q in [
+        "Observation?_include=Observation:subject",
+        "Observation?subject:Patient.name=Scoped",
+        "Observation?patient.name=Scoped",
+        "Observation?_revinclude=Provenance:target",
+    ] {
+        let (st, _, body) = send(s.get(q)).await;
+        assert_eq!(st, 403, "{q}");
+        assert!(!body.to_string().contains("Scoped"), "{q} leaked");
+    }
 }
