@@ -108,6 +108,9 @@ pub enum KeyPurpose {
     Data,
     /// Blind indexes (HMAC-SHA256); never rotated with the data key.
     BlindIndex,
+    /// The Ed25519 seed that signs audit checkpoints; kept apart from the data keys so that
+    /// whoever can read records cannot forge the audit trail's signatures with the same secret.
+    AuditSigning,
 }
 
 impl KeyPurpose {
@@ -115,6 +118,7 @@ impl KeyPurpose {
         match self {
             KeyPurpose::Data => "data",
             KeyPurpose::BlindIndex => "blind-index",
+            KeyPurpose::AuditSigning => "audit-signing",
         }
     }
 }
@@ -176,6 +180,24 @@ pub struct OpenedKeys {
     pub created: bool,
     /// Every key entry (ids, purposes, states, ages) for `keys status`.
     pub keys: Vec<KeyInfo>,
+    /// The audit checkpoint signing key.
+    pub audit_signing: AuditSigningKey,
+}
+
+/// The Ed25519 seed that signs audit checkpoints, with its key id.
+pub struct AuditSigningKey {
+    /// The key id in the key file.
+    pub id: u32,
+    /// The 32-byte Ed25519 seed.
+    pub seed: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AuditSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSigningKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Public facts about one key, for `keys status`.
@@ -337,6 +359,7 @@ fn open_or_init_with_provider(
     let now = clock.unix_seconds();
     let data = Keyring::generate_key_material_with(rng)?;
     let blind = Keyring::generate_key_material_with(rng)?;
+    let signing = Keyring::generate_key_material_with(rng)?;
     let doc = KeyFileDoc {
         format: FORMAT,
         master,
@@ -357,6 +380,15 @@ fn open_or_init_with_provider(
                 state: KeyState::Active,
                 created_at: now,
                 wrapped: b64(&provider.wrap(&wrap_context(2, KeyPurpose::BlindIndex), &blind[..])?),
+            },
+            WrappedKey {
+                id: 3,
+                purpose: KeyPurpose::AuditSigning,
+                state: KeyState::Active,
+                created_at: now,
+                wrapped: b64(
+                    &provider.wrap(&wrap_context(3, KeyPurpose::AuditSigning), &signing[..])?
+                ),
             },
         ],
     };
@@ -400,6 +432,7 @@ fn open_doc(
     let mut current = None;
     let mut retired = Vec::new();
     let mut blind = None;
+    let mut signing = None;
     for entry in &doc.keys {
         if !ids.insert(entry.id) {
             return Err(malformed("a key id appears twice"));
@@ -425,8 +458,15 @@ fn open_doc(
                 blind = Some((entry.id, material))
             }
             KeyPurpose::BlindIndex => {}
+            KeyPurpose::AuditSigning if entry.state == KeyState::Active => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                seed.copy_from_slice(&material[..]);
+                signing = Some(AuditSigningKey { id: entry.id, seed });
+            }
+            KeyPurpose::AuditSigning => {}
         }
     }
+    let audit_signing = signing.ok_or_else(|| malformed("the audit signing key is missing"))?;
     let (cid, cmat) = current.ok_or_else(|| malformed("the current data key is missing"))?;
     let (bid, bmat) = blind.ok_or_else(|| malformed("the blind-index key is missing"))?;
     let retired_refs: Vec<(u32, &[u8])> = retired.iter().map(|(id, m)| (*id, &m[..])).collect();
@@ -445,6 +485,7 @@ fn open_doc(
                 created_at: k.created_at,
             })
             .collect(),
+        audit_signing,
     })
 }
 
@@ -656,7 +697,9 @@ mod tests {
         let k = &opened.keyring;
         assert_eq!(k.current_key_id(), 1);
         assert_eq!(k.blind_key_id(), 2);
-        assert_eq!(opened.keys.len(), 2);
+        assert_eq!(opened.keys.len(), 3);
+        assert_eq!(opened.audit_signing.id, 3);
+        assert_ne!(*opened.audit_signing.seed, [0u8; 32]);
         assert!(opened.keys.iter().all(|i| i.created_at == 1_700_000_000));
         // the key file holds no key in the clear
         let text = fs::read_to_string(&kf).unwrap();
@@ -675,6 +718,7 @@ mod tests {
         let tag = first.keyring.blind("Patient.family", b"smith");
         let again = open(&dir, default_source(&dir)).unwrap();
         assert!(!again.created);
+        assert_eq!(*again.audit_signing.seed, *first.audit_signing.seed);
         assert!(!again.master_source.created);
         assert_eq!(
             again

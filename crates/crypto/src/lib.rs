@@ -15,7 +15,9 @@ pub mod master;
 pub mod random;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use keyfile::{KeyError, KeyPurpose, OpenedKeys, open_or_init, open_or_init_with};
+pub use keyfile::{
+    AuditSigningKey, KeyError, KeyPurpose, KeyState, OpenedKeys, open_or_init, open_or_init_with,
+};
 pub use master::{
     KeyProvider, LocalKeyProvider, MasterKind, MasterSource, MasterSourceDescription,
 };
