@@ -204,14 +204,66 @@ pub trait ReadTx {
     fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// All sealed system records of one kind, by key.
     fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The last audit entry's sequence number and chain hash (`None` for an empty log).
+    fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// The stored hash of the complete Merkle subtree at `level`, `index` of the audit log.
+    fn audit_node(&mut self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Audit entries with `seq > after`, ascending, at most `limit`.
+    fn audit_entries(&mut self, after: u64, limit: usize) -> Result<Vec<AuditStored>, StoreError>;
+    /// Sequence numbers of the audit entries matching `query`.
+    fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<u64>, StoreError>;
+    /// The audit entries with the given sequence numbers, in the order given (missing ones skipped).
+    fn audit_load(&mut self, seqs: &[u64]) -> Result<Vec<AuditStored>, StoreError>;
+}
+
+/// One audit entry as the backend holds it: sequence, time and chain hash in clear, entry sealed.
+#[derive(Debug, Clone)]
+pub struct AuditStored {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub recorded_ms: i64,
+    /// The chain hash after this entry.
+    pub chain: [u8; 32],
+    /// The sealed canonical bytes of the entry.
+    pub sealed: Vec<u8>,
+}
+
+/// An audit entry ready to be appended: everything derived, entry sealed to its sequence number.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    /// The entry's stored form.
+    pub stored: AuditStored,
+    /// Newly completed Merkle subtrees `(level, index, hash)`, the leaf included.
+    pub nodes: Vec<(u32, u64, [u8; 32])>,
+    /// Blind tags of the entry's search keys (patients, agents, entities).
+    pub tags: Vec<BlindTag>,
+}
+
+/// A search of the audit log by blind tags and time.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Every tag must be among the entry's tags.
+    pub tags: Vec<BlindTag>,
+    /// Recorded at or after (ms).
+    pub from_ms: Option<i64>,
+    /// Recorded before (ms).
+    pub to_ms: Option<i64>,
+    /// Newest first.
+    pub descending: bool,
+    /// Matches to skip.
+    pub offset: usize,
+    /// Matches to return at most.
+    pub limit: usize,
 }
 
 /// A write transaction: everything a [`ReadTx`] sees plus its own uncommitted writes.
 pub trait Tx: ReadTx {
     /// Writes a new version and makes it current, replacing the index rows.
     fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError>;
-    /// Appends one (already sealed) audit entry; returns its sequence number.
-    fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError>;
+    /// Appends one audit entry whose sequence number is the head's plus one (see
+    /// [`crate::audit_log::append`], which derives the row).
+    fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError>;
     /// Writes a sealed system record.
     fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8])
     -> Result<(), StoreError>;

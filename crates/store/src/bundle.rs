@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use carevault_crypto::Keyring;
 use serde_json::{Value, json};
 
-use crate::backend::{NewVersion, ReadTx, Tx, write_with};
+use crate::backend::{NewVersion, ReadTx, Tx};
 use crate::error::RestError;
 use crate::rest::{self, Rest, Stored, Written};
 use crate::{instant, search};
@@ -331,7 +331,7 @@ fn batch(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, RestErro
     }
     let keyring = rest.store().keyring().clone();
     let base = base_url.to_owned();
-    let outcomes = write_with(&**rest.store(), move |tx| {
+    let outcomes = rest.write(move |tx| {
         let mut outcomes = Vec::with_capacity(entries.len());
         for e in entries {
             let outcome = match e {
@@ -616,7 +616,7 @@ fn transaction(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, Re
         }
     }
     let base = base_url.to_owned();
-    let outcomes = write_with(&**rest.store(), move |tx| {
+    let outcomes = rest.write(move |tx| {
         for (reference, target) in &pre {
             if resolve_one(tx, &keyring, reference)?.as_ref() != Some(target) {
                 return Err(RestError::Conflict(

@@ -18,6 +18,7 @@
 //! (`carevault import` runs parallel jobs) so that their transactions share commits.
 #![forbid(unsafe_code)]
 
+pub mod audit_log;
 pub mod backend;
 mod bundle;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod rest;
 pub mod search;
 mod sqlite;
+pub mod write_audit;
 
 /// Where this crate takes FHIR definitions, index extraction and validation from.
 pub(crate) mod fhirdefs {
@@ -40,6 +42,7 @@ pub use backend::{
 };
 pub use error::{RestError, StoreError};
 pub use rest::{Rest, Stored, Written};
+pub use write_audit::{AuditHook, WriteFact};
 pub use search::{HistoryRequest, SearchRequest};
 pub use sqlite::{SqliteStore, open_sqlite};
 

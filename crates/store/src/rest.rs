@@ -7,6 +7,7 @@ use carevault_crypto::Keyring;
 use serde_json::{Map, Value};
 
 use crate::backend::{NewVersion, ReadTx, Store, Tx, VersionRecord, write_with};
+use crate::write_audit::{AuditHook, RecordingTx};
 use crate::error::RestError;
 use crate::{fhirdefs, indexing, instant, search};
 
@@ -39,6 +40,7 @@ pub struct Written {
 #[derive(Clone)]
 pub struct Rest {
     store: Arc<dyn Store>,
+    audit: Option<AuditHook>,
 }
 
 /// Record identity a version body is sealed to.
@@ -346,7 +348,37 @@ pub fn create_in_tx(
 impl Rest {
     /// Interactions over `store`.
     pub fn new(store: Arc<dyn Store>) -> Rest {
-        Rest { store }
+        Rest { store, audit: None }
+    }
+
+    /// The same interactions with every successful write job also appending the audit entries
+    /// `hook` derives from what it wrote, in the same transaction.
+    pub fn audited(&self, hook: AuditHook) -> Rest {
+        Rest {
+            store: self.store.clone(),
+            audit: Some(hook),
+        }
+    }
+
+    /// Runs a write job in the store's writer, with its audit entries when this `Rest` is audited.
+    pub(crate) fn write<T, F>(&self, job: F) -> Result<T, RestError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, RestError> + Send + 'static,
+    {
+        let Some(hook) = self.audit.clone() else {
+            return write_with(&*self.store, job);
+        };
+        let keyring = self.keyring();
+        write_with(&*self.store, move |tx| {
+            let mut rec = RecordingTx::new(tx);
+            let value = job(&mut rec)?;
+            let facts = rec.into_facts();
+            for entry in hook(&facts) {
+                crate::audit_log::append(tx, &keyring, &entry)?;
+            }
+            Ok(value)
+        })
     }
 
     /// The underlying store (system records, audit appends).
@@ -403,7 +435,7 @@ impl Rest {
             literal_refs(&resource, &mut refs);
             let (nv, stored) =
                 prepare(&keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
-            write_with(&*self.store, move |tx| {
+            self.write(move |tx| {
                 for (t, rid) in refs {
                     if tx.current(&t, &rid)?.is_none_or(|c| c.deleted) {
                         return Err(RestError::BadRequest {
@@ -423,7 +455,7 @@ impl Rest {
             });
         }
         let (rtype, q) = (rtype.to_owned(), if_none_exist.map(str::to_owned));
-        write_with(&*self.store, move |tx| {
+        self.write(move |tx| {
             create_in_tx(tx, &keyring, &rtype, resource, q.as_deref())
         })
     }
@@ -448,7 +480,7 @@ impl Rest {
         }
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        write_with(&*self.store, move |tx| {
+        self.write(move |tx| {
             put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT")
         })
     }
@@ -464,7 +496,7 @@ impl Rest {
         check_resource(rtype, &resource)?;
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        write_with(&*self.store, move |tx| {
+        self.write(move |tx| {
             conditional_update_in_tx(tx, &keyring, &rtype, &query, resource, if_match)
         })
     }
@@ -479,7 +511,7 @@ impl Rest {
     ) -> Result<Written, RestError> {
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        write_with(&*self.store, move |tx| {
+        self.write(move |tx| {
             patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match)
         })
     }
@@ -487,14 +519,14 @@ impl Rest {
     /// Deletes `rtype/id`; the deletion's version, or `None` when there was nothing to delete.
     pub fn delete(&self, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        write_with(&*self.store, move |tx| delete_in_tx(tx, &rtype, &id))
+        self.write(move |tx| delete_in_tx(tx, &rtype, &id))
     }
 
     /// Deletes every resource matching `query`; how many were deleted.
     pub fn conditional_delete(&self, rtype: &str, query: &str) -> Result<usize, RestError> {
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        write_with(&*self.store, move |tx| {
+        self.write(move |tx| {
             conditional_delete_in_tx(tx, &keyring, &rtype, &query)
         })
     }

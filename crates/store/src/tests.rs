@@ -1390,8 +1390,9 @@ fn writes_survive_reopen_and_failed_jobs_roll_back_alone() {
         // A job that writes and then fails, submitted alongside good ones: only it rolls back.
         let store = rest.store().clone();
         let bad = std::thread::spawn(move || {
-            crate::write_with(&*store, |tx| {
-                tx.append_audit(b"sealed-entry")?;
+            let keyring = store.keyring().clone();
+            crate::write_with(&*store, move |tx| {
+                crate::audit_log::append(tx, &keyring, &audit_entry(b"sealed-entry"))?;
                 tx.put_system_record("k", "doomed", b"x")?;
                 Err::<(), _>(RestError::Conflict("planned failure".into()))
             })
@@ -1412,8 +1413,10 @@ fn writes_survive_reopen_and_failed_jobs_roll_back_alone() {
         assert!(matches!(bad.join().unwrap(), Err(RestError::Conflict(_))));
         assert!(matches!(boom.join().unwrap(), Err(RestError::Store(_))));
         assert_eq!(good.stored.version, 1);
-        let seq = crate::write_with(&**rest.store(), |tx| Ok(tx.append_audit(b"kept")?)).unwrap();
-        assert!(seq >= 1);
+        let seq =
+            crate::audit_log::append_durably(&**rest.store(), vec![audit_entry(b"kept")]).unwrap();
+        // The rolled-back job's entry took no sequence number.
+        assert_eq!(seq, vec![1]);
         id
     };
     let rest = Rest::new(open_sqlite(&path, keyring).unwrap());
@@ -1439,4 +1442,171 @@ fn writes_survive_reopen_and_failed_jobs_roll_back_alone() {
         rest2.read("Patient", &id),
         Err(RestError::Integrity(_))
     ));
+}
+
+fn audit_entry(canonical: &[u8]) -> crate::audit_log::AuditAppend {
+    crate::audit_log::AuditAppend {
+        recorded_ms: 1_700_000_000_000,
+        canonical: canonical.to_vec(),
+        keys: vec![crate::audit_log::AuditKey::Patient("Patient/p1".into())],
+    }
+}
+
+/// A hook that records each write fact as its own entry, so tests can read back what was seen.
+fn fact_hook() -> crate::AuditHook {
+    Arc::new(|facts: &[crate::WriteFact]| {
+        facts
+            .iter()
+            .map(|f| crate::audit_log::AuditAppend {
+                recorded_ms: 1_700_000_000_000,
+                canonical: format!(
+                    "{} {}/{}/{} [{}]",
+                    f.method,
+                    f.rtype,
+                    f.id,
+                    f.version,
+                    f.patients.join(",")
+                )
+                .into_bytes(),
+                keys: f
+                    .patients
+                    .iter()
+                    .map(|p| crate::audit_log::AuditKey::Patient(format!("Patient/{p}")))
+                    .collect(),
+            })
+            .collect()
+    })
+}
+
+fn audit_texts(rest: &Rest) -> Vec<String> {
+    let mut r = rest.store().reader().unwrap();
+    r.audit_entries(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let e = crate::audit_log::open(rest.store().keyring(), s).unwrap();
+            String::from_utf8(e.canonical).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn audited_writes_append_their_entries_in_the_same_transaction() {
+    let (_dir, plain) = setup();
+    let rest = plain.audited(fact_hook());
+    let pid = rest
+        .create("Patient", patient("Audit", "A", "1970"), None)
+        .unwrap()
+        .stored
+        .id;
+    let obs = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}});
+    let oid = rest.create("Observation", obs, None).unwrap().stored.id;
+    // A write that fails appends nothing.
+    let bad = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/nobody"}});
+    assert!(rest.create("Observation", bad, None).is_err());
+    rest.delete("Observation", &oid).unwrap();
+    // Writes through the unaudited Rest are not recorded (the importer's own hook decides).
+    plain
+        .create("Patient", patient("Quiet", "Q", "1971"), None)
+        .unwrap();
+    assert_eq!(
+        audit_texts(&rest),
+        vec![
+            format!("POST Patient/{pid}/1 [{pid}]"),
+            format!("POST Observation/{oid}/1 [{pid}]"),
+            format!("DELETE Observation/{oid}/2 [{pid}]"),
+        ]
+    );
+    // Found by the patient's blind tag, not by a scan.
+    let mut r = rest.store().reader().unwrap();
+    let found = crate::audit_log::search(
+        &mut *r,
+        rest.store().keyring(),
+        &crate::backend::AuditQuery {
+            tags: vec![
+                crate::audit_log::AuditKey::Patient(format!("Patient/{pid}"))
+                    .tag(rest.store().keyring()),
+            ],
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        found.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+#[test]
+fn a_failed_batch_entry_leaves_no_audit_fact_and_a_transaction_records_each_entry() {
+    let (_dir, plain) = setup();
+    let rest = plain.audited(fact_hook());
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient("Batch", "One", "1980"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/missing"}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    rest.bundle(batch, "https://x/fhir").unwrap();
+    let texts = audit_texts(&rest);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0].starts_with("POST Patient/"));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b8c3c3e-6f53-4a7b-9a4e-0d6a8e2f1a11", "resource": patient("Tx", "T", "1981"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "urn:uuid:0b8c3c3e-6f53-4a7b-9a4e-0d6a8e2f1a11"}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    rest.bundle(tx, "https://x/fhir").unwrap();
+    let texts = audit_texts(&rest);
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    let pid = texts[1]
+        .strip_prefix("POST Patient/")
+        .and_then(|t| t.split('/').next())
+        .unwrap()
+        .to_owned();
+    assert!(texts[2].starts_with("POST Observation/"));
+    assert!(texts[2].ends_with(&format!("[{pid}]")), "{texts:?}");
+}
+
+#[test]
+fn audit_tree_head_and_proofs_match_an_independent_tree() {
+    use carevault_audit::merkle;
+    let (_dir, rest) = setup();
+    let mut reference = merkle::MemNodes::new();
+    let mut entries = Vec::new();
+    for i in 0..37u32 {
+        let canonical = format!("entry {i}").into_bytes();
+        reference.push(merkle::leaf_hash(&canonical));
+        entries.push(audit_entry(&canonical));
+    }
+    // In three durable writes, as group commit would.
+    let rest_entries = entries.split_off(20);
+    crate::audit_log::append_durably(&**rest.store(), entries).unwrap();
+    crate::audit_log::append_durably(&**rest.store(), rest_entries).unwrap();
+    let mut r = rest.store().reader().unwrap();
+    let (size, root) = crate::audit_log::tree_head(&mut *r).unwrap();
+    assert_eq!(size, 37);
+    assert_eq!(root, reference.root());
+    for seq in [1u64, 2, 17, 32, 37] {
+        let proof = crate::audit_log::inclusion_proof(&mut *r, seq, size).unwrap();
+        let leaf = merkle::leaf_hash(format!("entry {}", seq - 1).as_bytes());
+        merkle::verify_inclusion(&leaf, seq - 1, size, &proof, &root).unwrap();
+        let wrong = merkle::leaf_hash(b"entry x");
+        assert!(merkle::verify_inclusion(&wrong, seq - 1, size, &proof, &root).is_err());
+    }
+    let old_root = crate::audit_log::root_at(&mut *r, 20).unwrap();
+    let proof = crate::audit_log::consistency_proof(&mut *r, 20, 37).unwrap();
+    merkle::verify_consistency(20, 37, &old_root, &root, &proof).unwrap();
+    // The chain runs through every entry from the genesis value.
+    let stored = r.audit_entries(0, 100).unwrap();
+    let mut prev = carevault_audit::chain::GENESIS;
+    for s in &stored {
+        let e = crate::audit_log::open(rest.store().keyring(), s).unwrap();
+        prev = carevault_audit::chain::chain_hash(&prev, &merkle::leaf_hash(&e.canonical));
+        assert_eq!(prev, s.chain);
+    }
+    assert!(crate::audit_log::inclusion_proof(&mut *r, 38, size).is_err());
 }

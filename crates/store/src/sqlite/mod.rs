@@ -292,7 +292,9 @@ macro_rules! delegate_read {
     };
 }
 
-use crate::backend::{HistoryScope, NativeSort, ParamRef, ResKey, VersionRecord};
+use crate::backend::{
+    AuditQuery, AuditStored, HistoryScope, NativeSort, ParamRef, ResKey, VersionRecord,
+};
 use crate::plan::Plan;
 
 delegate_read! {
@@ -307,4 +309,9 @@ delegate_read! {
     history_count(scope: HistoryScope<'_>, since_ms: Option<i64>) -> usize;
     get_system_record(kind: &str, key: &str) -> Option<Vec<u8>>;
     list_system_records(kind: &str) -> Vec<(String, Vec<u8>)>;
+    audit_head() -> Option<(u64, [u8; 32])>;
+    audit_node(level: u32, index: u64) -> Option<[u8; 32]>;
+    audit_entries(after: u64, limit: usize) -> Vec<AuditStored>;
+    audit_search(query: &AuditQuery) -> Vec<u64>;
+    audit_load(seqs: &[u64]) -> Vec<AuditStored>;
 }

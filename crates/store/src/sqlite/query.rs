@@ -5,7 +5,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::backend::{
-    HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef, ReadTx, ResKey, Tx, VersionRecord,
+    AuditQuery, AuditRow, AuditStored, HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef,
+    ReadTx, ResKey, Tx, VersionRecord,
 };
 use crate::error::{RestError, StoreError};
 use crate::plan::{Bound, Cond, IndexKind, Plan, RangeCond};
@@ -30,6 +31,39 @@ fn tag_int(t: &carevault_crypto::BlindTag) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&t[..8]);
     i64::from_be_bytes(b)
+}
+
+fn hash32(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Integrity("an audit chain or node hash is not 32 bytes".into()))
+}
+
+type AuditRowResult = Result<AuditStored, StoreError>;
+
+/// Reads one audit_log row; a malformed chain hash is an integrity error of that row, not a
+/// database error.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRowResult> {
+    let seq = r.get::<_, i64>(0)? as u64;
+    let recorded_ms = r.get(1)?;
+    let chain: Vec<u8> = r.get(2)?;
+    let sealed = r.get(3)?;
+    Ok(hash32(&chain).map(|chain| AuditStored {
+        seq,
+        recorded_ms,
+        chain,
+        sealed,
+    }))
+}
+
+fn collect_audit(
+    rows: impl Iterator<Item = rusqlite::Result<AuditRowResult>>,
+) -> Result<Vec<AuditStored>, StoreError> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
 }
 
 fn pid(p: &ParamRef) -> i64 {
@@ -210,6 +244,93 @@ impl ReadTx for SqlTx<'_> {
         let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
+
+    fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, chain FROM audit_log ORDER BY seq DESC LIMIT 1")?;
+        let row = st
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((seq, chain)) => Ok(Some((seq as u64, hash32(&chain)?))),
+        }
+    }
+
+    fn audit_node(&mut self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT hash FROM audit_node WHERE level = ?1 AND idx = ?2")?;
+        let h: Option<Vec<u8>> = st
+            .query_row(params![i64::from(level), index as i64], |r| r.get(0))
+            .optional()?;
+        h.map(|h| hash32(&h)).transpose()
+    }
+
+    fn audit_entries(&mut self, after: u64, limit: usize) -> Result<Vec<AuditStored>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, recorded, chain, entry FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after as i64, limit as i64], audit_row)?;
+        collect_audit(rows)
+    }
+
+    fn audit_search(&mut self, q: &AuditQuery) -> Result<Vec<u64>, StoreError> {
+        let mut sql = String::from("SELECT a.seq FROM audit_log a WHERE 1");
+        let mut args: Vec<Sql> = Vec::new();
+        for (i, tag) in q.tags.iter().enumerate() {
+            args.push(Sql::Integer(tag_int(tag)));
+            if i == 0 {
+                // The first tag drives the query through audit_ix (an index range, not a scan).
+                sql.push_str(&format!(
+                    " AND a.seq IN (SELECT seq FROM audit_ix WHERE tag = ?{})",
+                    args.len()
+                ));
+            } else {
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM audit_ix x WHERE x.tag = ?{} AND x.seq = a.seq)",
+                    args.len()
+                ));
+            }
+        }
+        if let Some(from) = q.from_ms {
+            args.push(Sql::Integer(from));
+            sql.push_str(&format!(" AND a.recorded >= ?{}", args.len()));
+        }
+        if let Some(to) = q.to_ms {
+            args.push(Sql::Integer(to));
+            sql.push_str(&format!(" AND a.recorded < ?{}", args.len()));
+        }
+        sql.push_str(if q.descending {
+            " ORDER BY a.seq DESC"
+        } else {
+            " ORDER BY a.seq"
+        });
+        args.push(Sql::Integer(q.limit.min(i64::MAX as usize) as i64));
+        args.push(Sql::Integer(q.offset.min(i64::MAX as usize) as i64));
+        sql.push_str(&format!(" LIMIT ?{} OFFSET ?{}", args.len() - 1, args.len()));
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r? as u64);
+        }
+        Ok(out)
+    }
+
+    fn audit_load(&mut self, seqs: &[u64]) -> Result<Vec<AuditStored>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, recorded, chain, entry FROM audit_log WHERE seq = ?1",
+        )?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(row) = st.query_row([*seq as i64], audit_row).optional()? {
+                out.push(row?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn history_filter(scope: HistoryScope<'_>, since_ms: Option<i64>) -> (String, Vec<Sql>) {
@@ -339,11 +460,31 @@ impl Tx for SqlTx<'_> {
         Ok(())
     }
 
-    fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError> {
+    fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError> {
+        let e = &row.stored;
         self.conn
-            .prepare_cached("INSERT INTO audit_log (entry) VALUES (?1)")?
-            .execute([entry])?;
-        Ok(self.conn.last_insert_rowid() as u64)
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, recorded, chain, entry) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                e.seq as i64,
+                e.recorded_ms,
+                &e.chain[..],
+                &e.sealed
+            ])?;
+        let mut node = self
+            .conn
+            .prepare_cached("INSERT INTO audit_node (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, index, hash) in &row.nodes {
+            node.execute(params![i64::from(*level), *index as i64, &hash[..]])?;
+        }
+        let mut ix = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO audit_ix (tag, seq) VALUES (?1, ?2)")?;
+        for tag in &row.tags {
+            ix.execute(params![tag_int(tag), e.seq as i64])?;
+        }
+        Ok(())
     }
 
     fn put_system_record(

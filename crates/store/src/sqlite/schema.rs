@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS res (
@@ -52,7 +52,24 @@ CREATE TABLE IF NOT EXISTS ix_qty (
     PRIMARY KEY (pid, tag, lo, hi, rid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_qty_rid ON ix_qty (rid);
-CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+-- The audit trail: append-only. `chain` is the hash chain after the entry; `entry` is sealed to
+-- `audit/<seq>`; audit_node holds every complete Merkle subtree (RFC 9162) for proofs;
+-- audit_ix maps blind tags of patients, agents and entities to entries.
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY,
+    recorded INTEGER NOT NULL,
+    chain BLOB NOT NULL,
+    entry BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_recorded ON audit_log (recorded);
+CREATE TABLE IF NOT EXISTS audit_node (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_ix (
+    tag INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (tag, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS system_record (
     kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (kind, key)
@@ -67,7 +84,17 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             "store schema version {v} is newer than this carevault supports ({SCHEMA_VERSION}); upgrade carevault"
         )));
     }
-    if v != 0 && v < SCHEMA_VERSION {
+    if v == 2 {
+        // Version 2 had an audit_log table that nothing wrote to; version 3 gives it its shape.
+        let entries: i64 = conn.query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))?;
+        if entries == 0 {
+            conn.execute_batch("DROP TABLE audit_log")?;
+        } else {
+            return Err(rusqlite::Error::InvalidParameterName(
+                "store schema version 2 holds audit entries in a development format; move the data directory aside and import again".into(),
+            ));
+        }
+    } else if v != 0 && v < SCHEMA_VERSION {
         // Version 1 only ever existed in development builds.
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "store schema version {v} is from a development build of carevault; move the data directory aside and import again"
