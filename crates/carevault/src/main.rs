@@ -1,6 +1,7 @@
 //! The carevault command line: parses commands, wires the parts, nothing else.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod client_cmd;
 mod import;
 mod parts;
@@ -30,6 +31,9 @@ enum Command {
     /// Register and manage OAuth clients (apps and interfaces).
     #[command(subcommand)]
     Client(client_cmd::ClientCommand),
+    /// Verify the audit trail and produce access reports.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 /// `--data DIR`, shared by every command.
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
         Command::Client(cmd) => {
             init_logging(cli.log_format.as_deref().unwrap_or("text"));
             client_cmd::run(cmd)
+        }
+        Command::Audit(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            audit_cmd::run(cmd)
         }
     };
     match result {

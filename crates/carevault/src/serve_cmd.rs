@@ -73,7 +73,30 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
             tracing::warn!("{w}");
         }
         let key_created = parts.keys.created;
-        let app = carevault_server::App::new(config, parts.rest, auth);
+        let node = carevault_server::audit::node_name(&config.audit.node);
+        let trail = std::sync::Arc::new(
+            carevault_server::audit::Trail::open(
+                &data,
+                &**parts.rest.store(),
+                node,
+                &parts.keys.audit_signing.seed,
+                std::sync::Arc::new(carevault_crypto::SystemClock),
+            )
+            .context("cannot open the audit trail")?,
+        );
+        let store = parts.rest.store().clone();
+        let start = trail.system_event(
+            carevault_audit::event::EventKind::ServerStart,
+            vec![("listen".into(), local.to_string())],
+        );
+        carevault_store::audit_log::append_durably(&*store, vec![start])
+            .context("cannot write the server-start audit event")?;
+        trail
+            .checkpoint(&*store, false)
+            .context("cannot write the first audit checkpoint")?;
+        let interval = std::time::Duration::from_secs(config.audit.checkpoint_interval_seconds);
+        let app = carevault_server::App::new(config, parts.rest, auth, trail.clone());
+        let checkpointer = tokio::spawn(checkpoint_loop(trail.clone(), store.clone(), interval));
         println!("carevault is serving {}", app.base_url);
         if let Some(pw) = &prepared.admin_password {
             println!(
@@ -90,9 +113,41 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         if handle.abandoned_connections > 0 {
             tracing::warn!("some connections were still busy when the grace period ended");
         }
+        checkpointer.abort();
+        let stop = trail.system_event(carevault_audit::event::EventKind::ServerStop, Vec::new());
+        let (trail2, store2) = (trail.clone(), store.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            carevault_store::audit_log::append_durably(&*store2, vec![stop])
+                .context("cannot write the server-stop audit event")?;
+            trail2
+                .checkpoint(&*store2, true)
+                .context("cannot write the final audit checkpoint")?;
+            Ok(())
+        })
+        .await
+        .context("the final audit checkpoint task failed")??;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Signs a checkpoint every `interval` while the log grows.
+async fn checkpoint_loop(
+    trail: std::sync::Arc<carevault_server::audit::Trail>,
+    store: std::sync::Arc<dyn carevault_store::Store>,
+    interval: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (t, s) = (trail.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || t.checkpoint(&*s, false)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+        }
+    }
 }
 
 /// Resolves at the first SIGTERM or SIGINT.

@@ -12,6 +12,41 @@ pub struct Config {
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub audit: AuditSettings,
+    pub siem: SiemSettings,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// This server's name in audit entries and checkpoints; empty means the host name.
+    pub node: String,
+    /// How often a signed checkpoint is written when the log has grown.
+    pub checkpoint_interval_seconds: u64,
+}
+
+/// `[siem]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiemSettings {
+    /// `host:port` of an RFC 5425 syslog-over-TLS collector; empty means none.
+    pub syslog_address: String,
+    /// The collector's TLS name; empty means the host part of `syslog_address`.
+    pub syslog_server_name: String,
+    /// PEM file of the CA that signs the collector's certificate.
+    pub syslog_ca_file: PathBuf,
+    /// Directory for AuditEvent NDJSON files; empty means none.
+    pub ndjson_dir: PathBuf,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            checkpoint_interval_seconds: 60,
+        }
+    }
 }
 
 /// `[server]`
@@ -116,6 +151,23 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 [log]
 # "text" for people, "json" for machines.
 # format = "text"
+
+[audit]
+# This server's name in audit entries and checkpoints; empty means the host name.
+# node = ""
+# A signed checkpoint of the audit log is written this often when the log has grown, and at shutdown.
+# checkpoint_interval_seconds = 60
+
+[siem]
+# Stream every audit entry as RFC 5424 syslog over TLS (RFC 5425) to this collector ("host:port").
+# syslog_address = ""
+# The collector's certificate name; empty means the host part of syslog_address.
+# syslog_server_name = ""
+# PEM file of the CA that signs the collector's certificate (required with syslog_address).
+# syslog_ca_file = ""
+# Also write every audit entry as FHIR AuditEvent NDJSON files into this directory. The files hold
+# audit details in the clear for the SIEM to read: put the directory on protected storage.
+# ndjson_dir = ""
 "#;
 
 /// Environment variables under the `CAREVAULT_` prefix that are not settings.
@@ -165,7 +217,7 @@ impl Config {
                 return Err(invalid_env(&name, "expected CAREVAULT_<SECTION>_<KEY>"));
             };
             let section = section.to_ascii_lowercase();
-            if !["server", "tls", "auth", "log"].contains(&section.as_str()) {
+            if !["server", "tls", "auth", "log", "audit", "siem"].contains(&section.as_str()) {
                 return Err(invalid_env(
                     &name,
                     &format!("there is no settings section [{section}]"),
@@ -209,6 +261,14 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024");
+        }
+        if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
+            return bad("audit.checkpoint_interval_seconds must be between 1 and 86400");
+        }
+        if !self.siem.syslog_address.is_empty() && self.siem.syslog_ca_file.as_os_str().is_empty() {
+            return bad(
+                "siem.syslog_ca_file must name the collector's CA when siem.syslog_address is set",
+            );
         }
         Ok(())
     }

@@ -2,11 +2,13 @@
 //! content negotiation and dispatches to the FHIR interaction, answering errors as OperationOutcomes.
 
 use crate::access::{Caller, Interaction, bundle_interactions, search_reaches};
+use crate::audit::{Note, Party, SharedNote, default_interaction};
 use crate::outcome::{ApiError, OutcomeIssue, outcome_json};
 use crate::{App, CallerId, RequestId, RouteTemplate, fhir_response};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use carevault_audit::event::RestInteraction;
 use carevault_store::{HistoryRequest, RestError, SearchRequest, Stored, Written};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
@@ -30,6 +32,8 @@ struct Call {
     body: Body,
     return_pref: ReturnPref,
     strict: bool,
+    /// What this request did, for its audit event.
+    note: SharedNote,
 }
 
 /// Entry point of every `/fhir` request.
@@ -39,7 +43,18 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
+    let peer = req.extensions().get::<crate::PeerAddr>().map(|p| p.0.ip());
     let (parts, body) = req.into_parts();
+    let mut party = Party {
+        request_id: Some(request_id.to_string()),
+        address: peer.map(|ip| ip.to_string()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+        ..Party::default()
+    };
     let segments: Vec<String> = parts
         .uri
         .path()
@@ -67,23 +82,37 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         r.extensions_mut().insert(RouteTemplate("/fhir/metadata"));
         return r;
     }
+    let interaction = default_interaction(&parts.method);
     let caller = match crate::access::authenticate(&app, parts.headers.get(header::AUTHORIZATION)) {
         Ok(c) => c,
-        Err(e @ (carevault_auth::TokenError::Store(_) | carevault_auth::TokenError::Crypto(_))) => {
-            tracing::error!(request_id = &*request_id, error = %e, "token verification failed");
-            return ApiError::internal(&request_id).into_response();
-        }
         Err(e) => {
-            let mut r =
-                ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response();
+            let mut r = match e {
+                carevault_auth::TokenError::Store(_) | carevault_auth::TokenError::Crypto(_) => {
+                    tracing::error!(request_id = &*request_id, error = %e, "token verification failed");
+                    ApiError::internal(&request_id).into_response()
+                }
+                _ => ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response(),
+            };
+            let note = Note::new(party, interaction);
+            note.lock()
+                .detail
+                .push(("authentication".into(), "bearer token refused".into()));
+            r = audited(&app, &note, r).await;
             r.extensions_mut().insert(RouteTemplate("/fhir/*"));
             return r;
         }
     };
     let caller_id: Arc<str> = Arc::from(caller.client_id());
+    party.client = Some(caller.client_id().to_owned());
+    // A system client acts for the organisation's operations; user purposes arrive with accounts.
+    party.purpose = vec!["HOPERAT".into()];
+    let note = Note::new(party, interaction);
+    if let Some(q) = parts.uri.query().filter(|q| !q.is_empty()) {
+        note.lock().query = Some(q.as_bytes().to_vec());
+    }
     let (return_pref, strict) = prefer(&parts.headers);
     let call = Call {
-        app,
+        app: app.clone(),
         request_id: request_id.clone(),
         caller,
         params,
@@ -91,18 +120,58 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         body,
         return_pref,
         strict,
+        note: note.clone(),
     };
     let (template, result) = dispatch(call, &parts.method, &segs).await;
-    let mut resp = match result {
+    let resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    let mut resp = audited(&app, &note, resp).await;
     resp.extensions_mut().insert(RouteTemplate(template));
     resp.extensions_mut().insert(CallerId(caller_id));
     resp
 }
 
 type Answer = Result<Response, ApiError>;
+
+/// Makes the request's audit event durable before `resp` leaves (unless its write transaction
+/// already carried it); when the event cannot be written, nothing is returned but a 503.
+async fn audited(app: &Arc<App>, note: &SharedNote, resp: Response) -> Response {
+    let status = resp.status().as_u16();
+    let append = {
+        let n = note.lock();
+        if n.recorded_in_tx && status < 400 {
+            return resp;
+        }
+        crate::audit::to_append(&app.trail.request_record(&n, status))
+    };
+    let store = app.rest.store().clone();
+    let written = tokio::task::spawn_blocking(move || {
+        carevault_store::audit_log::append_durably(&*store, vec![append])
+    })
+    .await;
+    match written {
+        Ok(Ok(_)) => resp,
+        Ok(Err(e)) => audit_unavailable(note, &e.to_string()),
+        Err(e) => audit_unavailable(note, &e.to_string()),
+    }
+}
+
+fn audit_unavailable(note: &SharedNote, error: &str) -> Response {
+    let rid = note.lock().party.request_id.clone().unwrap_or_default();
+    tracing::error!(
+        request_id = rid,
+        error,
+        "the audit trail could not be written; request refused"
+    );
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "The audit trail could not be written, so the request was refused and nothing was returned; retry later.",
+    )
+    .into_response()
+}
 
 async fn dispatch(call: Call, method: &Method, segs: &[&str]) -> (&'static str, Answer) {
     match (method, segs) {
@@ -120,6 +189,28 @@ async fn dispatch(call: Call, method: &Method, segs: &[&str]) -> (&'static str, 
                 StatusCode::NOT_FOUND,
                 "not-supported",
                 format!("{t} is not an R4 resource type."),
+            )),
+        ),
+        (&Method::GET, ["AuditEvent"]) => ("/fhir/AuditEvent", audit_search(call, None).await),
+        (&Method::POST, ["AuditEvent", "_search"]) => (
+            "/fhir/AuditEvent/_search",
+            Err(not_supported("Search AuditEvent with GET.")),
+        ),
+        (&Method::GET, ["AuditEvent", id]) => ("/fhir/AuditEvent/{id}", audit_read(call, id).await),
+        (&Method::GET, ["Patient", id, "AuditEvent"]) => (
+            "/fhir/Patient/{id}/AuditEvent",
+            audit_search(call, Some(id)).await,
+        ),
+        (&Method::POST, ["AuditEvent", "$validate"]) => (
+            "/fhir/{type}/$validate",
+            validate(call, "AuditEvent", None).await,
+        ),
+        (_, ["AuditEvent", ..]) => (
+            "/fhir/AuditEvent",
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                "AuditEvent is written by the server only; it can be read and searched, never created, changed or deleted.",
             )),
         ),
         (&Method::GET, [t]) => ("/fhir/{type}", search(call, t, None).await),
@@ -174,56 +265,67 @@ async fn dispatch(call: Call, method: &Method, segs: &[&str]) -> (&'static str, 
 // ---- interactions -------------------------------------------------------------------------
 
 async fn read(call: Call, t: &str, id: &str) -> Answer {
+    call.interaction(RestInteraction::Read);
     call.require(t, Interaction::Read)?;
     let (t2, id2) = (t.to_string(), id.to_string());
     let stored = call.blocking(move |app| app.rest.read(&t2, &id2)).await?;
+    call.note_stored(&stored);
     Ok(resource_response(StatusCode::OK, &stored, None))
 }
 
 async fn vread(call: Call, t: &str, id: &str, v: &str) -> Answer {
+    call.interaction(RestInteraction::Vread);
     call.require(t, Interaction::Read)?;
     let (t2, id2, v2) = (t.to_string(), id.to_string(), v.to_string());
     let stored = call
         .blocking(move |app| app.rest.vread(&t2, &id2, &v2))
         .await?;
+    call.note_stored(&stored);
     Ok(resource_response(StatusCode::OK, &stored, None))
 }
 
 async fn create(mut call: Call, t: &str) -> Answer {
+    call.interaction(RestInteraction::Create);
     call.require(t, Interaction::Create)?;
     let resource = call.resource_body(t).await?;
     let if_none_exist = header_str(&call.headers, "if-none-exist")?.map(str::to_string);
     let t2 = t.to_string();
+    let rest = call.rest(false);
     let written = call
-        .blocking(move |app| app.rest.create(&t2, resource, if_none_exist.as_deref()))
+        .blocking(move |_| rest.create(&t2, resource, if_none_exist.as_deref()))
         .await?;
     Ok(call.written_response(written))
 }
 
 async fn update(mut call: Call, t: &str, id: &str) -> Answer {
+    call.interaction(RestInteraction::Update);
     call.require(t, Interaction::Update)?;
     let resource = call.resource_body(t).await?;
     let if_match = if_match(&call.headers)?;
     let (t2, id2) = (t.to_string(), id.to_string());
+    let rest = call.rest(false);
     let written = call
-        .blocking(move |app| app.rest.update(&t2, &id2, resource, if_match))
+        .blocking(move |_| rest.update(&t2, &id2, resource, if_match))
         .await?;
     Ok(call.written_response(written))
 }
 
 async fn conditional_update(mut call: Call, t: &str) -> Answer {
+    call.interaction(RestInteraction::Update);
     call.require(t, Interaction::Update)?;
     let query = call.condition()?;
     let resource = call.resource_body(t).await?;
     let if_match = if_match(&call.headers)?;
     let t2 = t.to_string();
+    let rest = call.rest(false);
     let written = call
-        .blocking(move |app| app.rest.conditional_update(&t2, &query, resource, if_match))
+        .blocking(move |_| rest.conditional_update(&t2, &query, resource, if_match))
         .await?;
     Ok(call.written_response(written))
 }
 
 async fn patch(mut call: Call, t: &str, id: &str) -> Answer {
+    call.interaction(RestInteraction::Patch);
     call.require(t, Interaction::Update)?;
     let ct = content_type(&call.headers);
     if !ct.starts_with("application/json-patch+json") {
@@ -236,16 +338,20 @@ async fn patch(mut call: Call, t: &str, id: &str) -> Answer {
     let doc = call.json_body().await?;
     let if_match = if_match(&call.headers)?;
     let (t2, id2) = (t.to_string(), id.to_string());
+    let rest = call.rest(false);
     let written = call
-        .blocking(move |app| app.rest.patch(&t2, &id2, doc, if_match))
+        .blocking(move |_| rest.patch(&t2, &id2, doc, if_match))
         .await?;
     Ok(call.written_response(written))
 }
 
 async fn delete(call: Call, t: &str, id: &str) -> Answer {
+    call.interaction(RestInteraction::Delete);
     call.require(t, Interaction::Delete)?;
     let (t2, id2) = (t.to_string(), id.to_string());
-    let version = call.blocking(move |app| app.rest.delete(&t2, &id2)).await?;
+    call.note().resources.push(format!("{t}/{id}"));
+    let rest = call.rest(false);
+    let version = call.blocking(move |_| rest.delete(&t2, &id2)).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         insert_etag(r.headers_mut(), v);
@@ -254,15 +360,18 @@ async fn delete(call: Call, t: &str, id: &str) -> Answer {
 }
 
 async fn conditional_delete(call: Call, t: &str) -> Answer {
+    call.interaction(RestInteraction::Delete);
     call.require(t, Interaction::Delete)?;
     let query = call.condition()?;
     let t2 = t.to_string();
-    call.blocking(move |app| app.rest.conditional_delete(&t2, &query))
+    let rest = call.rest(false);
+    call.blocking(move |_| rest.conditional_delete(&t2, &query))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
+    call.interaction(RestInteraction::SearchType);
     call.require(t, Interaction::Search)?;
     for other in search_reaches(t, &call.params) {
         call.require(&other, Interaction::Read)?;
@@ -284,7 +393,44 @@ async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
             })
         })
         .await?;
+    call.note().add_patients_of(&bundle);
     Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn audit_search(call: Call, patient: Option<&str>) -> Answer {
+    call.interaction(RestInteraction::SearchType);
+    call.require("AuditEvent", Interaction::Search)?;
+    let mut params = call.params.clone();
+    if let Some(p) = patient {
+        params.push(("patient".into(), format!("Patient/{p}")));
+    }
+    let strict = call.strict;
+    let bundle = call
+        .blocking(move |app| {
+            let s =
+                crate::audit_api::AuditSearch::parse(&params, app.rest.store().keyring(), strict)?;
+            let (events, more) = s.run(&**app.rest.store())?;
+            Ok(crate::audit_api::search_bundle(
+                &app.base_url,
+                &params,
+                &s,
+                events,
+                more,
+            ))
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn audit_read(call: Call, id: &str) -> Answer {
+    call.interaction(RestInteraction::Read);
+    call.require("AuditEvent", Interaction::Read)?;
+    call.note().resources.push(format!("AuditEvent/{id}"));
+    let id2 = id.to_owned();
+    let ev = call
+        .blocking(move |app| crate::audit_api::read_event(&**app.rest.store(), &id2))
+        .await?;
+    Ok(json_response(StatusCode::OK, &ev))
 }
 
 async fn search_post(mut call: Call, t: &str) -> Answer {
@@ -299,10 +445,23 @@ async fn search_post(mut call: Call, t: &str) -> Answer {
     let raw = call.raw_body().await?;
     call.params
         .extend(form_urlencoded::parse(&raw).into_owned());
+    {
+        let mut n = call.note();
+        let q = n.query.get_or_insert_with(Vec::new);
+        if !q.is_empty() && !raw.is_empty() {
+            q.push(b'&');
+        }
+        q.extend_from_slice(&raw);
+    }
     search(call, t, None).await
 }
 
 async fn history(call: Call, t: Option<&str>, id: Option<&str>) -> Answer {
+    call.interaction(match (t, id) {
+        (Some(_), Some(_)) => RestInteraction::HistoryInstance,
+        (Some(_), None) => RestInteraction::HistoryType,
+        _ => RestInteraction::HistorySystem,
+    });
     match t {
         Some(t) => call.require(t, Interaction::Read)?,
         None => call.require_all(Interaction::Read)?,
@@ -319,21 +478,29 @@ async fn history(call: Call, t: Option<&str>, id: Option<&str>) -> Answer {
             })
         })
         .await?;
+    call.note().add_patients_of(&bundle);
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
 async fn bundle(mut call: Call) -> Answer {
+    call.interaction(RestInteraction::Batch);
     let bundle = call.resource_body("Bundle").await?;
+    if bundle.get("type").and_then(Value::as_str) == Some("transaction") {
+        call.interaction(RestInteraction::Transaction);
+    }
     for (t, interaction) in bundle_interactions(&bundle) {
         call.require(&t, interaction)?;
     }
+    let rest = call.rest(true);
     let response = call
-        .blocking(move |app| app.rest.bundle(bundle, &app.base_url))
+        .blocking(move |app| rest.bundle(bundle, &app.base_url))
         .await?;
+    call.note().add_patients_of(&response);
     Ok(json_response(StatusCode::OK, &response))
 }
 
 async fn validate(mut call: Call, t: &str, _id: Option<&str>) -> Answer {
+    call.interaction(RestInteraction::Operation("validate".into()));
     call.require(t, Interaction::Read)?;
     let body = call.json_body().await?;
     // $validate takes the resource itself or a Parameters with a `resource` parameter.
@@ -378,6 +545,36 @@ async fn validate(mut call: Call, t: &str, _id: Option<&str>) -> Answer {
 // ---- request parts ------------------------------------------------------------------------
 
 impl Call {
+    /// This request's audit note.
+    fn note(&self) -> parking_lot::MutexGuard<'_, Note> {
+        self.note.lock()
+    }
+
+    /// Says which interaction this request is, for its audit event.
+    fn interaction(&self, i: RestInteraction) {
+        self.note().interaction = i;
+    }
+
+    /// Records a resource version the response returns, with its patients.
+    fn note_stored(&self, stored: &Stored) {
+        let mut n = self.note();
+        n.resources.push(format!(
+            "{}/{}/_history/{}",
+            stored.rtype, stored.id, stored.version
+        ));
+        if let Ok(v) = serde_json::from_slice::<Value>(&stored.json) {
+            n.add_patients_of(&v);
+        }
+    }
+
+    /// The interactions with this request's write events appended in the writing transaction
+    /// (for a Bundle, one per entry written).
+    fn rest(&self, bundle: bool) -> carevault_store::Rest {
+        self.app
+            .rest
+            .audited(self.app.trail.write_hook(&self.note, bundle))
+    }
+
     /// Checks the token's scopes allow `interaction` on `rtype` (the role and relationship checks
     /// of the access-control issue will join this decision).
     fn require(&self, rtype: &str, interaction: Interaction) -> Result<(), ApiError> {
@@ -513,6 +710,8 @@ impl Call {
     }
 
     fn written_response(&self, written: Written) -> Response {
+        // A conditional create that found its match wrote nothing but returns that resource.
+        self.note_stored(&written.stored);
         let status = if written.created {
             StatusCode::CREATED
         } else {

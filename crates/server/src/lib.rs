@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 mod access;
+pub mod audit;
+pub mod audit_api;
 pub mod config;
 pub mod datadir;
 mod fhir;
@@ -38,6 +40,8 @@ pub struct App {
     pub(crate) capability: bytes::Bytes,
     /// False while shutting down, so `/readyz` tells load balancers to go elsewhere.
     pub ready: AtomicBool,
+    /// The audit trail: every request's event, checkpoints.
+    pub trail: Arc<audit::Trail>,
 }
 
 impl App {
@@ -46,6 +50,7 @@ impl App {
         config: config::Config,
         rest: carevault_store::Rest,
         auth: carevault_auth::AuthService,
+        trail: Arc<audit::Trail>,
     ) -> Arc<Self> {
         let base_url = if config.server.base_url.is_empty() {
             format!("https://{}/fhir", config.server.listen)
@@ -60,6 +65,7 @@ impl App {
             base_url,
             capability,
             ready: AtomicBool::new(true),
+            trail,
         })
     }
 }
@@ -87,6 +93,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/jwks", get(oauth::jwks))
+        .route("/audit/checkpoint", get(audit_api::checkpoint))
+        .route("/audit/proof/{seq}", get(audit_api::proof))
+        .route("/audit/consistency", get(audit_api::consistency))
+        .route(
+            "/admin/reports/patient/{id}",
+            get(audit_api::patient_report),
+        )
+        .route("/admin/reports/user/{name}", get(audit_api::user_report))
         .route("/fhir", any(fhir::entry))
         .route("/fhir/", any(fhir::entry))
         .route("/fhir/{*rest}", any(fhir::entry))
@@ -201,6 +215,18 @@ fn valid_request_id(v: &str) -> bool {
     (1..=64).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The headers every HTML page carries: a strict CSP (no script at all, no third-party origin)
+/// and no framing.
+pub(crate) fn html_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
 /// A FHIR JSON response with the right content type.

@@ -243,8 +243,8 @@ pub struct AuditRow {
 /// A search of the audit log by blind tags and time.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
-    /// Every tag must be among the entry's tags.
-    pub tags: Vec<BlindTag>,
+    /// For every group, one of its tags must be among the entry's tags (AND of ORs).
+    pub tags: Vec<Vec<BlindTag>>,
     /// Recorded at or after (ms).
     pub from_ms: Option<i64>,
     /// Recorded before (ms).

@@ -42,9 +42,9 @@ pub use backend::{
 };
 pub use error::{RestError, StoreError};
 pub use rest::{Rest, Stored, Written};
-pub use write_audit::{AuditHook, WriteFact};
 pub use search::{HistoryRequest, SearchRequest};
 pub use sqlite::{SqliteStore, open_sqlite};
+pub use write_audit::{AuditHook, WriteFact};
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@ use carevault_crypto::Keyring;
 use serde_json::{Map, Value};
 
 use crate::backend::{NewVersion, ReadTx, Store, Tx, VersionRecord, write_with};
-use crate::write_audit::{AuditHook, RecordingTx};
 use crate::error::RestError;
+use crate::write_audit::{AuditHook, RecordingTx};
 use crate::{fhirdefs, indexing, instant, search};
 
 /// One stored version as the server returns it.
@@ -455,9 +455,7 @@ impl Rest {
             });
         }
         let (rtype, q) = (rtype.to_owned(), if_none_exist.map(str::to_owned));
-        self.write(move |tx| {
-            create_in_tx(tx, &keyring, &rtype, resource, q.as_deref())
-        })
+        self.write(move |tx| create_in_tx(tx, &keyring, &rtype, resource, q.as_deref()))
     }
 
     /// Updates (or creates, with the client's id) `rtype/id`.
@@ -480,9 +478,7 @@ impl Rest {
         }
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.write(move |tx| {
-            put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT")
-        })
+        self.write(move |tx| put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT"))
     }
 
     /// Conditional update: the search `query` decides which resource (if any) is updated.
@@ -511,9 +507,7 @@ impl Rest {
     ) -> Result<Written, RestError> {
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.write(move |tx| {
-            patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match)
-        })
+        self.write(move |tx| patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match))
     }
 
     /// Deletes `rtype/id`; the deletion's version, or `None` when there was nothing to delete.
@@ -526,9 +520,7 @@ impl Rest {
     pub fn conditional_delete(&self, rtype: &str, query: &str) -> Result<usize, RestError> {
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        self.write(move |tx| {
-            conditional_delete_in_tx(tx, &keyring, &rtype, &query)
-        })
+        self.write(move |tx| conditional_delete_in_tx(tx, &keyring, &rtype, &query))
     }
 
     /// A search; answers a `searchset` Bundle.

@@ -1525,10 +1525,10 @@ fn audited_writes_append_their_entries_in_the_same_transaction() {
         &mut *r,
         rest.store().keyring(),
         &crate::backend::AuditQuery {
-            tags: vec![
+            tags: vec![vec![
                 crate::audit_log::AuditKey::Patient(format!("Patient/{pid}"))
                     .tag(rest.store().keyring()),
-            ],
+            ]],
             limit: 10,
             ..Default::default()
         },

@@ -279,18 +279,26 @@ impl ReadTx for SqlTx<'_> {
     fn audit_search(&mut self, q: &AuditQuery) -> Result<Vec<u64>, StoreError> {
         let mut sql = String::from("SELECT a.seq FROM audit_log a WHERE 1");
         let mut args: Vec<Sql> = Vec::new();
-        for (i, tag) in q.tags.iter().enumerate() {
-            args.push(Sql::Integer(tag_int(tag)));
+        for (i, group) in q.tags.iter().enumerate() {
+            if group.is_empty() {
+                // An empty alternative matches nothing.
+                sql.push_str(" AND 0");
+                continue;
+            }
+            let first = args.len() + 1;
+            args.extend(group.iter().map(|t| Sql::Integer(tag_int(t))));
+            let list = (first..=args.len())
+                .map(|n| format!("?{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             if i == 0 {
-                // The first tag drives the query through audit_ix (an index range, not a scan).
+                // The first group drives the query through audit_ix (index ranges, not a scan).
                 sql.push_str(&format!(
-                    " AND a.seq IN (SELECT seq FROM audit_ix WHERE tag = ?{})",
-                    args.len()
+                    " AND a.seq IN (SELECT seq FROM audit_ix WHERE tag IN ({list}))"
                 ));
             } else {
                 sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM audit_ix x WHERE x.tag = ?{} AND x.seq = a.seq)",
-                    args.len()
+                    " AND EXISTS (SELECT 1 FROM audit_ix x WHERE x.tag IN ({list}) AND x.seq = a.seq)"
                 ));
             }
         }
@@ -309,7 +317,11 @@ impl ReadTx for SqlTx<'_> {
         });
         args.push(Sql::Integer(q.limit.min(i64::MAX as usize) as i64));
         args.push(Sql::Integer(q.offset.min(i64::MAX as usize) as i64));
-        sql.push_str(&format!(" LIMIT ?{} OFFSET ?{}", args.len() - 1, args.len()));
+        sql.push_str(&format!(
+            " LIMIT ?{} OFFSET ?{}",
+            args.len() - 1,
+            args.len()
+        ));
         let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
         let mut out = Vec::new();
@@ -320,9 +332,9 @@ impl ReadTx for SqlTx<'_> {
     }
 
     fn audit_load(&mut self, seqs: &[u64]) -> Result<Vec<AuditStored>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, recorded, chain, entry FROM audit_log WHERE seq = ?1",
-        )?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, recorded, chain, entry FROM audit_log WHERE seq = ?1")?;
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             if let Some(row) = st.query_row([*seq as i64], audit_row).optional()? {

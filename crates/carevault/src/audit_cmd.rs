@@ -1,0 +1,256 @@
+//! `carevault audit`: verify the audit trail offline and produce access reports.
+
+use crate::DataArg;
+use anyhow::{Context, bail};
+use carevault_audit::checkpoint::{NoteSigner, NoteVerifier, split_notes};
+use carevault_audit::verify::Verifier;
+use carevault_server::audit_api::{ReportSubject, render_report, report_bound, report_events};
+use carevault_store::audit_log::{self, SnapshotNodes};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// `carevault audit ...`
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the chain and the Merkle tree, check every checkpoint's signature and root;
+    /// exit 0 only if all holds.
+    Verify {
+        #[command(flatten)]
+        data: DataArg,
+        /// A checkpoints file kept elsewhere (shipped off this machine) to check the log against.
+        #[arg(long, value_name = "CHECKPOINTS_FILE")]
+        against: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The accounting of disclosures of one patient, or one user's activity.
+    Report(ReportArgs),
+}
+
+/// Flags of `audit report`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["patient", "user"])))]
+pub struct ReportArgs {
+    /// The patient: Patient/ID.
+    #[arg(long, value_name = "Patient/ID")]
+    patient: Option<String>,
+    /// The user name (or client id).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// From this date or dateTime (inclusive).
+    #[arg(long, value_name = "DATE")]
+    from: Option<String>,
+    /// To this date or dateTime (inclusive of the whole day given).
+    #[arg(long, value_name = "DATE")]
+    to: Option<String>,
+    /// Output format.
+    #[arg(long, value_parser = ["csv", "json", "html"], default_value = "csv")]
+    format: String,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+/// Runs an `audit` command.
+pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Verify {
+            data,
+            against,
+            json,
+        } => verify(&data.data, against.as_deref(), json),
+        AuditCommand::Report(args) => report(args),
+    }
+}
+
+fn read_notes(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(split_notes(&text)
+        .with_context(|| format!("{} is not a checkpoints file", path.display()))?
+        .into_iter()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The verifier key of this data directory: the name from `audit/checkpoint-key.vkey`, the key
+/// from the audit signing seed in the key file (so a replaced vkey file is caught).
+fn verifier_key(data: &Path, seed: &[u8; 32]) -> anyhow::Result<String> {
+    let path = carevault_server::audit::audit_dir(data).join("checkpoint-key.vkey");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the audit verifier key {}", path.display()))?;
+    let vkey = text.trim();
+    let named = NoteVerifier::from_vkey(vkey)
+        .with_context(|| format!("{} is not a verifier key", path.display()))?;
+    let ours = NoteSigner::from_seed(named.name(), seed)
+        .context("the audit signing key is unusable")?
+        .verifier_key();
+    if ours != vkey {
+        bail!(
+            "the audit verifier key in {} is not this data directory's audit signing key; it was replaced",
+            path.display()
+        );
+    }
+    Ok(ours)
+}
+
+fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let parts = crate::parts::open_existing(data)?;
+    let store = parts.rest.store().clone();
+    let vkey = verifier_key(data, &parts.keys.audit_signing.seed)?;
+    let checkpoints = read_notes(&carevault_server::audit::audit_dir(data).join("checkpoints"))?;
+    let shipped = match against {
+        Some(p) => {
+            if !p.exists() {
+                bail!("there is no checkpoints file at {}", p.display());
+            }
+            read_notes(p)?
+        }
+        None => Vec::new(),
+    };
+    let mut verifier = Verifier::new(&vkey, checkpoints, shipped)
+        .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+    let mut reader = store.reader()?;
+    let total = reader.audit_head()?.map_or(0, |(seq, _)| seq);
+    let progress = Progress::new(total);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut after = 0;
+    loop {
+        let stored = reader.audit_entries(after, 20_000)?;
+        let Some(last) = stored.last() else { break };
+        after = last.seq;
+        let mut batch = Vec::with_capacity(stored.len());
+        for s in &stored {
+            match audit_log::open(store.keyring(), s) {
+                Ok(e) => batch.push((e.seq, e.canonical, e.chain)),
+                Err(e) => bail!(
+                    "audit verification failed: entry {} cannot be opened ({e}); it was changed or sealed under another key",
+                    s.seq
+                ),
+            }
+        }
+        verifier
+            .push_batch(&batch, threads)
+            .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+        progress.set(verifier.verified());
+    }
+    progress.finish();
+    let summary = verifier
+        .finish(Some(&SnapshotNodes::new(&mut *reader)))
+        .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+    let root = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, summary.root);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "entries": summary.entries,
+                "root": root,
+                "checkpoints": summary.checkpoints,
+                "against": summary.against,
+                "unsigned_tail": summary.unsigned_tail,
+                "nodes_checked": summary.nodes_checked,
+            })
+        );
+    } else {
+        println!(
+            "The audit trail verifies: {} entries, root {root}; {} checkpoints here and {} shipped checkpoints match; {} entries are newer than the last checkpoint.",
+            summary.entries, summary.checkpoints, summary.against, summary.unsigned_tail
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    last_line: std::cell::Cell<u64>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "verifying {bar:40} {pos}/{len} entries ({per_sec}, {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Progress {
+            bar,
+            total,
+            last_line: std::cell::Cell::new(0),
+        }
+    }
+
+    fn set(&self, done: u64) {
+        match &self.bar {
+            Some(b) => b.set_position(done),
+            None => {
+                // A line every million entries keeps logs short on large trails.
+                if done >= self.last_line.get() + 1_000_000 {
+                    self.last_line.set(done);
+                    eprintln!("verified {done} of {} audit entries", self.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let subject = match (&args.patient, &args.user) {
+        (Some(p), _) => {
+            let id = p.strip_prefix("Patient/").unwrap_or(p);
+            if id.is_empty() || id.contains('/') {
+                bail!("--patient takes Patient/ID, not {p}");
+            }
+            ReportSubject::Patient(format!("Patient/{id}"))
+        }
+        (None, Some(u)) => ReportSubject::User(u.clone()),
+        (None, None) => bail!("give --patient Patient/ID or --user NAME"),
+    };
+    let from = report_bound(args.from.as_deref(), false).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let to = report_bound(args.to.as_deref(), true).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parts = crate::parts::open_existing(&args.data.data)?;
+    let store = parts.rest.store().clone();
+    let events = report_events(&*store, &subject, from, to)
+        .map_err(|e| anyhow::anyhow!("cannot read the audit trail: {e}"))?;
+    let title = match &subject {
+        ReportSubject::Patient(p) => format!("Accounting of disclosures for {p}"),
+        ReportSubject::User(u) => format!("Activity of {u}"),
+    };
+    let (_, body) =
+        render_report(&title, &events, &args.format).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The report itself is an access to the audit trail: record it.
+    let node = carevault_server::audit::node_name("");
+    let patients = match &subject {
+        ReportSubject::Patient(p) => vec![p.clone()],
+        ReportSubject::User(_) => Vec::new(),
+    };
+    carevault_server::audit::append_admin_event(
+        &*store,
+        &node,
+        carevault_audit::event::EventKind::AuditLogUsed,
+        vec![("report".to_owned(), args.format.clone())],
+        patients,
+    )
+    .context("cannot record the report in the audit trail")?;
+    print!("{body}");
+    if !body.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
