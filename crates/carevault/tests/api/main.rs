@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod audit;
 mod client_library;
 mod durability;
 mod import;

@@ -46,8 +46,16 @@ type AuditRowResult = Result<AuditStored, StoreError>;
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRowResult> {
     let seq = r.get::<_, i64>(0)? as u64;
     let recorded_ms = r.get(1)?;
-    let chain: Vec<u8> = r.get(2)?;
-    let sealed = r.get(3)?;
+    // Whatever the column holds is handed on as bytes: a value of the wrong type is a changed
+    // entry, which opening it reports by its sequence number.
+    let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
+        Ok(match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+            _ => Vec::new(),
+        })
+    };
+    let chain = bytes(2)?;
+    let sealed = bytes(3)?;
     Ok(hash32(&chain).map(|chain| AuditStored {
         seq,
         recorded_ms,
