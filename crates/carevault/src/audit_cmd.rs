@@ -3,7 +3,8 @@
 use crate::DataArg;
 use anyhow::{Context, bail};
 use carevault_audit::checkpoint::{NoteSigner, NoteVerifier, split_notes};
-use carevault_audit::verify::Verifier;
+use carevault_audit::merkle::leaf_hash;
+use carevault_audit::verify::{Tamper, TamperKind, Verifier};
 use carevault_server::audit_api::{ReportSubject, render_report, report_bound, report_events};
 use carevault_store::audit_log::{self, SnapshotNodes};
 use std::io::IsTerminal;
@@ -122,18 +123,20 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
         let stored = reader.audit_entries(after, 20_000)?;
         let Some(last) = stored.last() else { break };
         after = last.seq;
-        let mut batch = Vec::with_capacity(stored.len());
-        for s in &stored {
-            match audit_log::open(store.keyring(), s) {
-                Ok(e) => batch.push((e.seq, e.canonical, e.chain)),
-                Err(e) => bail!(
-                    "audit verification failed: entry {} cannot be opened ({e}); it was changed or sealed under another key",
-                    s.seq
-                ),
-            }
-        }
+        // Opening (AES-GCM) and leaf hashing run on every core; the chain is checked in order.
+        let keyring = store.keyring().clone();
         verifier
-            .push_batch(&batch, threads)
+            .push_batch_with(&stored, threads, |s| {
+                let e = audit_log::open(&keyring, s).map_err(|e| Tamper {
+                    seq: Some(s.seq),
+                    kind: TamperKind::EntryAltered,
+                    message: format!(
+                        "entry {} cannot be opened ({e}); it was changed or sealed under another key",
+                        s.seq
+                    ),
+                })?;
+                Ok((e.seq, leaf_hash(&e.canonical), e.chain))
+            })
             .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
         progress.set(verifier.verified());
     }

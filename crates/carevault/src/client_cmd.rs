@@ -65,10 +65,11 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Add(a) => add(a),
         ClientCommand::List { data, json } => list(&data.data, json),
         ClientCommand::Disable { name, data } => {
-            let clients = open(&data.data)?;
+            let (clients, store) = open(&data.data)?;
             clients
                 .disable(&name)
                 .with_context(|| format!("cannot disable client {name}"))?;
+            record_change(&*store, &name, "disable")?;
             println!("Client {name} is disabled; its tokens no longer work.");
             Ok(())
         }
@@ -77,11 +78,12 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             data,
             secret_out,
         } => {
-            let clients = open(&data.data)?;
+            let (clients, store) = open(&data.data)?;
             let secret = clients
                 .rotate_secret(&name)
                 .with_context(|| format!("cannot rotate the secret of {name}"))?;
             write_secret(&secret_out, secret.expose_secret())?;
+            record_change(&*store, &name, "rotate-secret")?;
             println!("New secret of {name} written to {}.", secret_out.display());
             Ok(())
         }
@@ -105,17 +107,18 @@ fn add(a: AddArgs) -> anyhow::Result<()> {
             secret_out.display()
         );
     }
-    let clients = open(&a.data.data)?;
+    let (clients, store) = open(&a.data.data)?;
     let (record, secret) = clients
         .add(&a.name, &a.scope)
         .with_context(|| format!("cannot register client {}", a.name))?;
     write_secret(&secret_out, secret.expose_secret())?;
+    record_change(&*store, &record.client_id, "add")?;
     println!("{}", record.client_id);
     Ok(())
 }
 
 fn list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let clients = open(data)?.list().context("cannot list clients")?;
+    let clients = open(data)?.0.list().context("cannot list clients")?;
     if json {
         let rows: Vec<_> = clients
             .iter()
@@ -138,10 +141,34 @@ fn list(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(data: &Path) -> anyhow::Result<carevault_auth::Clients> {
+type StoreRef = std::sync::Arc<dyn carevault_store::Store>;
+
+fn open(data: &Path) -> anyhow::Result<(carevault_auth::Clients, StoreRef)> {
     let parts = crate::parts::open_existing(data)?;
-    carevault_server::records::open_clients(parts.rest.store().clone())
-        .context("cannot open the client registry")
+    let store = parts.rest.store().clone();
+    let clients = carevault_server::records::open_clients(store.clone())
+        .context("cannot open the client registry")?;
+    Ok((clients, store))
+}
+
+/// Records a client change in the audit trail (never the secret).
+fn record_change(
+    store: &dyn carevault_store::Store,
+    client: &str,
+    change: &str,
+) -> anyhow::Result<()> {
+    carevault_server::audit::append_admin_event(
+        store,
+        &carevault_server::audit::node_name(""),
+        carevault_audit::event::EventKind::ClientChange,
+        vec![
+            ("client".into(), client.into()),
+            ("change".into(), change.into()),
+        ],
+        Vec::new(),
+    )
+    .context("the change was made but could not be recorded in the audit trail")?;
+    Ok(())
 }
 
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {

@@ -91,6 +91,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
     let seconds = started.elapsed().as_secs_f64();
     let rate = summary.resources() as f64 / seconds.max(1e-9);
+    carevault_server::audit::append_admin_event(
+        &**parts.rest.store(),
+        &carevault_server::audit::node_name(""),
+        carevault_audit::event::EventKind::Import,
+        vec![
+            ("files".into(), summary.files.to_string()),
+            ("resources".into(), summary.resources().to_string()),
+            ("rejected-files".into(), summary.rejected.len().to_string()),
+        ],
+        Vec::new(),
+    )
+    .context("the import finished but could not be recorded in the audit trail")?;
     if args.json {
         let out = serde_json::json!({
             "files": summary.files,

@@ -94,6 +94,13 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         trail
             .checkpoint(&*store, false)
             .context("cannot write the first audit checkpoint")?;
+        let shippers = carevault_server::audit::start_shippers(
+            &data,
+            &config.siem,
+            trail.node(),
+            store.clone(),
+        )
+        .context("cannot start the SIEM export")?;
         let interval = std::time::Duration::from_secs(config.audit.checkpoint_interval_seconds);
         let app = carevault_server::App::new(config, parts.rest, auth, trail.clone());
         let checkpointer = tokio::spawn(checkpoint_loop(trail.clone(), store.clone(), interval));
@@ -126,6 +133,14 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         })
         .await
         .context("the final audit checkpoint task failed")??;
+        // Give the SIEM shippers a bounded moment to deliver the stop event and checkpoint.
+        tokio::task::spawn_blocking(move || {
+            for s in shippers {
+                s.stop();
+            }
+        })
+        .await
+        .context("the SIEM export did not stop")?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

@@ -526,3 +526,108 @@ pub fn append_admin_event(
     let seqs = audit_log::append_durably(store, vec![to_append(&record)])?;
     Ok(seqs.first().copied().unwrap_or(0))
 }
+
+/// The audit log as a SIEM feed: entries after a cursor, opened and rendered as AuditEvent JSON.
+pub struct StoreFeed {
+    store: Arc<dyn Store>,
+}
+
+impl StoreFeed {
+    /// A feed over `store`'s audit log.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoreFeed { store }
+    }
+}
+
+impl carevault_siem::AuditFeed for StoreFeed {
+    fn after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<carevault_siem::FeedEntry>, carevault_siem::FeedError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            carevault_siem::FeedError::new(format!("{what}: {e}"))
+        };
+        let stored = self
+            .store
+            .reader()
+            .and_then(|mut r| r.audit_entries(seq, limit))
+            .map_err(|e| fail("the audit log could not be read", &e))?;
+        stored
+            .iter()
+            .map(|s| {
+                let entry = audit_log::open(self.store.keyring(), s)
+                    .map_err(|e| fail("an audit entry could not be opened", &e))?;
+                let ev: Value = serde_json::from_slice(&entry.canonical)
+                    .map_err(|e| fail("an audit entry is not JSON", &e))?;
+                let outcome = ev
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(0);
+                let json = serde_json::to_vec(&event::with_id(ev, s.seq))
+                    .map_err(|e| fail("an audit entry could not be rendered", &e))?;
+                Ok(carevault_siem::FeedEntry {
+                    seq: s.seq,
+                    recorded_ms: s.recorded_ms,
+                    outcome,
+                    json,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Starts the SIEM shippers the settings ask for (syslog over TLS, NDJSON files), each on its
+/// own thread with its durable cursor in `DIR/audit/`.
+pub fn start_shippers(
+    data_dir: &Path,
+    settings: &crate::config::SiemSettings,
+    node: &str,
+    store: Arc<dyn Store>,
+) -> Result<Vec<carevault_siem::Shipper>, carevault_siem::SiemError> {
+    use carevault_siem::{NdjsonConfig, Shipper, Sink, SyslogConfig, Wake};
+    let mut out = Vec::new();
+    let feed: Arc<dyn carevault_siem::AuditFeed> = Arc::new(StoreFeed::new(store));
+    let dir = audit_dir(data_dir);
+    if !settings.syslog_address.is_empty() {
+        let server_name = if settings.syslog_server_name.is_empty() {
+            settings
+                .syslog_address
+                .rsplit_once(':')
+                .map_or(settings.syslog_address.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        } else {
+            settings.syslog_server_name.clone()
+        };
+        let sink = Sink::Syslog(SyslogConfig {
+            address: settings.syslog_address.clone(),
+            server_name,
+            ca_file: data_dir.join(&settings.syslog_ca_file),
+            client_cert: None,
+            app_name: "carevault".into(),
+            hostname: node.to_owned(),
+        });
+        out.push(Shipper::start(
+            feed.clone(),
+            sink,
+            dir.join("siem-syslog.cursor"),
+            Wake::new(),
+        )?);
+    }
+    if !settings.ndjson_dir.as_os_str().is_empty() {
+        let sink = Sink::Ndjson(NdjsonConfig {
+            dir: data_dir.join(&settings.ndjson_dir),
+            max_file_bytes: 64 * 1024 * 1024,
+        });
+        out.push(Shipper::start(
+            feed,
+            sink,
+            dir.join("siem-ndjson.cursor"),
+            Wake::new(),
+        )?);
+    }
+    Ok(out)
+}
