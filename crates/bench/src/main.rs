@@ -7,6 +7,7 @@
 //! the run failed, 2 usage.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod load;
 mod report;
@@ -61,6 +62,9 @@ const SEARCH_FLOOR: f64 = 500.0;
 const RSS_FLOOR_MB: f64 = 300.0;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "audit") {
+        return audit::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

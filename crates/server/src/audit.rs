@@ -38,6 +38,8 @@ pub(crate) struct Note {
     pub detail: Vec<(String, String)>,
     /// Set when the request's own event was appended inside its write transaction.
     pub recorded_in_tx: bool,
+    /// Set when a stored record failed its integrity check while serving the request.
+    pub integrity_error: bool,
 }
 
 /// A request's note, shared between the handler and the write hook running in the writer.
@@ -53,6 +55,7 @@ impl Note {
             query: None,
             detail: Vec::new(),
             recorded_in_tx: false,
+            integrity_error: false,
         }))
     }
 
@@ -268,13 +271,15 @@ impl Trail {
     /// The record of a finished request.
     pub(crate) fn request_record(&self, note: &Note, status: u16) -> AuditRecord {
         let outcome = outcome_of(status);
-        let kind = if status == 403 {
+        let kind = if note.integrity_error {
+            EventKind::IntegrityError
+        } else if status == 403 {
             EventKind::PermissionDenied
         } else {
             EventKind::Rest(note.interaction.clone())
         };
         let mut r = self.record(&note.party, kind, outcome);
-        if status == 403 {
+        if status == 403 || note.integrity_error {
             r.action = note.interaction.default_action();
             r.detail
                 .push(("interaction".into(), note.interaction.code().to_owned()));

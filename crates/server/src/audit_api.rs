@@ -358,18 +358,15 @@ pub fn render_report(
 // ---- HTTP ---------------------------------------------------------------------------------
 
 /// Authenticates an auditor: a bearer token whose scopes allow reading AuditEvent.
-fn auditor(app: &App, req_headers: &http::HeaderMap) -> Result<Caller, Response> {
-    let caller =
-        crate::access::authenticate(app, req_headers.get(header::AUTHORIZATION)).map_err(|e| {
-            ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response()
-        })?;
+fn auditor(app: &App, req_headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+    let caller = crate::access::authenticate(app, req_headers.get(header::AUTHORIZATION))
+        .map_err(|e| ApiError::unauthorized(&e.to_string(), &e.www_authenticate()))?;
     if !caller.allows("AuditEvent", Interaction::Read) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "Only auditors (a token allowed to read AuditEvent) may read the audit trail.",
-        )
-        .into_response());
+        ));
     }
     Ok(caller)
 }
@@ -381,7 +378,7 @@ async fn audit_use(
     request_id: Option<String>,
     detail: Vec<(String, String)>,
     patients: Vec<String>,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let party = Party {
         request_id,
         client: Some(caller.client_id().to_owned()),
@@ -404,8 +401,7 @@ async fn audit_use(
             StatusCode::SERVICE_UNAVAILABLE,
             "transient",
             "The audit trail could not be written, so the request was refused; retry later.",
-        )
-        .into_response()),
+        )),
     }
 }
 
@@ -453,7 +449,7 @@ pub(crate) async fn proof(
 ) -> Response {
     let caller = match auditor(&app, req.headers()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let rid = request_id(&req);
     if let Err(r) = audit_use(
@@ -465,7 +461,7 @@ pub(crate) async fn proof(
     )
     .await
     {
-        return r;
+        return r.into_response();
     }
     let store = app.rest.store().clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, RestError> {
@@ -513,7 +509,7 @@ pub(crate) async fn consistency(
 ) -> Response {
     let caller = match auditor(&app, req.headers()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let rid = request_id(&req);
     if let Err(r) = audit_use(
@@ -528,7 +524,7 @@ pub(crate) async fn consistency(
     )
     .await
     {
-        return r;
+        return r.into_response();
     }
     let store = app.rest.store().clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, RestError> {
@@ -591,7 +587,7 @@ pub fn report_bound(v: Option<&str>, upper: bool) -> Result<Option<i64>, RestErr
 async fn report(app: Arc<App>, subject: ReportSubject, p: ReportParams, req: Request) -> Response {
     let caller = match auditor(&app, req.headers()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let rid = request_id(&req);
     let (label, patients) = match &subject {
@@ -607,7 +603,7 @@ async fn report(app: Arc<App>, subject: ReportSubject, p: ReportParams, req: Req
     )
     .await
     {
-        return r;
+        return r.into_response();
     }
     let store = app.rest.store().clone();
     let rid2 = rid.clone().unwrap_or_default();

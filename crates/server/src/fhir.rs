@@ -605,10 +605,17 @@ impl Call {
     ) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static {
         let app = self.app.clone();
         let rid = self.request_id.clone();
+        let note = self.note.clone();
         async move {
             match tokio::task::spawn_blocking(move || f(&app)).await {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(ApiError::from_rest(e, &rid)),
+                Ok(Err(e)) => {
+                    if matches!(e, RestError::Integrity(_)) {
+                        // A record failed its integrity check: the request's event says so.
+                        note.lock().integrity_error = true;
+                    }
+                    Err(ApiError::from_rest(e, &rid))
+                }
                 Err(e) => {
                     tracing::error!(request_id = &*rid, error = %e, "store task failed");
                     Err(ApiError::internal(&rid))

@@ -23,6 +23,8 @@ pub mod ndjson;
 pub mod rfc5424;
 pub mod shipper;
 pub mod syslog;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use cursor::Cursor;
 pub use error::SiemError;

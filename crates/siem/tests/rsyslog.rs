@@ -1,5 +1,6 @@
 //! The syslog sink against a real collector: Debian's rsyslogd with TLS (packages `rsyslog` and
-//! `rsyslog-openssl`), started by each test on a loopback port with certificates made here.
+//! `rsyslog-openssl`), started by each test on a loopback port with certificates made here, through
+//! `carevault_siem::testing` (the `test-support` feature, which the self dev-dependency enables).
 //!
 //! A missing rsyslogd fails these tests with a message saying what to install; they never skip.
 //! One test uses an in-process rustls collector instead, one that stops reading before it closes
@@ -10,20 +11,18 @@
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use carevault_siem::testing::{
+    ClientAuth, Message, PATIENCE, Rsyslog, ca, free_port, leaf, wait_until, write_ca,
+};
 use carevault_siem::{
     AuditFeed, FeedEntry, FeedError, Shipper, ShipperOptions, ShipperStatus, Sink, SyslogConfig,
     Wake,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// Every wait in these tests gives up after this long, so a failure cannot hang CI.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// 2026-11-28T09:14:03.117Z; entry `seq` is recorded `seq` milliseconds later.
 const BASE_MS: i64 = 1_795_857_243_117;
@@ -85,239 +84,6 @@ fn entry(seq: u64) -> FeedEntry {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Certificates.
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A certificate for `names` signed by `ca`, written as `<stem>.pem` and `<stem>.key` in `dir`.
-fn leaf(dir: &Path, stem: &str, ca: &Ca, names: &[&str]) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0]);
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    let cert_path = dir.join(format!("{stem}.pem"));
-    let key_path = dir.join(format!("{stem}.key"));
-    fs::write(&cert_path, cert.pem()).unwrap();
-    fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-fn write_ca(dir: &Path, stem: &str, ca: &Ca) -> PathBuf {
-    let path = dir.join(format!("{stem}.pem"));
-    fs::write(&path, &ca.pem).unwrap();
-    path
-}
-
-// ---------------------------------------------------------------------------------------------
-// rsyslogd.
-
-fn rsyslogd() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("rsyslogd"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin/rsyslogd")])
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "rsyslogd is not on PATH nor at /usr/sbin/rsyslogd; these tests need a real syslog \
-                 collector: install the Debian packages rsyslog and rsyslog-openssl \
-                 (apt-get install -y rsyslog rsyslog-openssl)"
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// How rsyslog authenticates clients.
-#[derive(Clone, Copy)]
-enum ClientAuth {
-    /// Anyone may send (server-authenticated TLS only).
-    Anonymous,
-    /// Clients must present a certificate signed by the CA.
-    CertificateRequired,
-}
-
-/// One rsyslogd in the foreground, with its own work directory; killed when dropped.
-struct Rsyslog {
-    child: Option<Child>,
-    dir: PathBuf,
-    conf: PathBuf,
-    port: u16,
-}
-
-impl Rsyslog {
-    /// Writes a configuration into `dir` and starts rsyslogd on 127.0.0.1:`port` with TLS.
-    fn start(
-        dir: &Path,
-        port: u16,
-        ca: &Path,
-        cert: &Path,
-        key: &Path,
-        auth: ClientAuth,
-    ) -> Rsyslog {
-        let work = dir.join("work");
-        fs::create_dir_all(&work).unwrap();
-        let auth_mode = match auth {
-            ClientAuth::Anonymous => "anon",
-            ClientAuth::CertificateRequired => "x509/certvalid",
-        };
-        // No imuxsock: this rsyslogd has no system socket and writes nothing under /var/log.
-        let conf = format!(
-            r#"global(
-  workDirectory="{work}"
-  maxMessageSize="64k"
-  defaultNetstreamDriver="ossl"
-  defaultNetstreamDriverCAFile="{ca}"
-  defaultNetstreamDriverCertFile="{cert}"
-  defaultNetstreamDriverKeyFile="{key}"
-)
-module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="{auth_mode}")
-input(type="imtcp" address="127.0.0.1" port="{port}")
-template(name="fields" type="string"
-  string="%pri%|%hostname%|%app-name%|%procid%|%msgid%|%structured-data%|%timereported:::date-rfc3339%|%msg%\n")
-if $app-name == "carevault" then {{
-  action(type="omfile" file="{out}" template="fields")
-}} else {{
-  action(type="omfile" file="{internal}")
-}}
-"#,
-            work = work.display(),
-            ca = ca.display(),
-            cert = cert.display(),
-            key = key.display(),
-            out = dir.join("out.log").display(),
-            internal = dir.join("internal.log").display(),
-        );
-        let conf_path = dir.join("rsyslog.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let mut rsyslog = Rsyslog {
-            child: None,
-            dir: dir.to_path_buf(),
-            conf: conf_path,
-            port,
-        };
-        rsyslog.restart();
-        rsyslog
-    }
-
-    /// Starts rsyslogd (again) with the same configuration and port and waits until it listens.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "rsyslogd is already running");
-        let stderr = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("rsyslogd.stderr"))
-            .unwrap();
-        let child = Command::new(rsyslogd())
-            .arg("-n")
-            .arg("-f")
-            .arg(&self.conf)
-            .arg("-i")
-            .arg(self.dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone().unwrap())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!(
-                    "rsyslogd exited at start ({status}); {}",
-                    self.diagnostics()
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rsyslogd did not listen within {PATIENCE:?}; {}",
-                self.diagnostics()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops rsyslogd gracefully (SIGTERM) and waits for it to exit.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("rsyslogd is not running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "rsyslogd ignored SIGTERM for {PATIENCE:?}; {}",
-                    self.diagnostics()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The messages rsyslog wrote for app-name carevault, one per line.
-    fn received(&self) -> Vec<String> {
-        match fs::read_to_string(self.dir.join("out.log")) {
-            Ok(text) => text.lines().map(str::to_owned).collect(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => panic!("cannot read rsyslog's output: {error}"),
-        }
-    }
-
-    /// rsyslogd's own output and internal messages, for failure messages.
-    fn diagnostics(&self) -> String {
-        let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
-        format!(
-            "rsyslogd stderr:\n{}\nrsyslog internal messages:\n{}",
-            read("rsyslogd.stderr"),
-            read("internal.log")
-        )
-    }
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers.
 
 fn options() -> ShipperOptions {
@@ -340,29 +106,11 @@ fn syslog_config(port: u16, ca: &Path, client_cert: Option<(PathBuf, PathBuf)>) 
     }
 }
 
-fn wait_until(what: &str, rsyslog: &Rsyslog, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting for {what}; {}",
-            rsyslog.diagnostics()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Parses one line of rsyslog's output back into its fields, checks every field against the
 /// entry it claims to be, and returns its seq.
 fn check_line(line: &str, feed: &MemoryFeed) -> u64 {
-    let fields: Vec<&str> = line.splitn(8, '|').collect();
-    assert_eq!(fields.len(), 8, "{line}");
-    let seq: u64 = fields[5]
-        .strip_prefix("[carevault@32473 seq=\"")
-        .and_then(|rest| rest.strip_suffix("\"]"))
-        .unwrap_or_else(|| panic!("structured data {:?}", fields[5]))
-        .parse()
-        .unwrap();
+    let message = Message::parse(line);
+    let seq = message.seq();
     let sent = feed.get(seq);
     // PRI: facility 13 (log audit) and severity info 6, notice 5, warning 4, err 3.
     let severity = match sent.outcome {
@@ -371,11 +119,11 @@ fn check_line(line: &str, feed: &MemoryFeed) -> u64 {
         8 => 4,
         _ => 3,
     };
-    assert_eq!(fields[0], (13 * 8 + severity).to_string(), "{line}");
-    assert_eq!(fields[1], "cv-node-1");
-    assert_eq!(fields[2], "carevault");
-    assert_eq!(fields[3], std::process::id().to_string());
-    assert_eq!(fields[4], "AuditEvent");
+    assert_eq!(message.pri, (13 * 8 + severity).to_string(), "{line}");
+    assert_eq!(message.hostname, "cv-node-1");
+    assert_eq!(message.app_name, "carevault");
+    assert_eq!(message.procid, std::process::id().to_string());
+    assert_eq!(message.msgid, "AuditEvent");
     // Recorded at 09:14:03.117 plus seq milliseconds; within the same minute for these tests.
     assert!(
         seq < 56_000,
@@ -383,14 +131,11 @@ fn check_line(line: &str, feed: &MemoryFeed) -> u64 {
     );
     let ms = 3_117 + seq;
     assert_eq!(
-        fields[6],
+        message.timestamp,
         format!("2026-11-28T09:14:{:02}.{:03}Z", ms / 1000, ms % 1000),
         "{line}"
     );
-    let message = fields[7].as_bytes();
-    let json = message
-        .strip_prefix(b"\xEF\xBB\xBF")
-        .unwrap_or_else(|| panic!("no BOM: {line}"));
+    let json = message.json();
     assert_eq!(
         json,
         sent.json.as_slice(),
