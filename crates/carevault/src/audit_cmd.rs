@@ -118,28 +118,58 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
     let total = reader.audit_head()?.map_or(0, |(seq, _)| seq);
     let progress = Progress::new(total);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut after = 0;
-    loop {
-        let stored = reader.audit_entries(after, 20_000)?;
-        let Some(last) = stored.last() else { break };
-        after = last.seq;
-        // Opening (AES-GCM) and leaf hashing run on every core; the chain is checked in order.
-        let keyring = store.keyring().clone();
-        verifier
-            .push_batch_with(&stored, threads, |s| {
-                let e = audit_log::open(&keyring, s).map_err(|e| Tamper {
-                    seq: Some(s.seq),
-                    kind: TamperKind::EntryAltered,
-                    message: format!(
-                        "entry {} cannot be opened ({e}); it was changed or sealed under another key",
-                        s.seq
-                    ),
-                })?;
-                Ok((e.seq, leaf_hash(&e.canonical), e.chain))
-            })
-            .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
-        progress.set(verifier.verified());
-    }
+    // One thread reads rows while the others open and hash the previous batch; entries up to
+    // the head seen at the start are immutable, so a second connection reads the same entries.
+    let keyring = store.keyring().clone();
+    let (send, batches) = std::sync::mpsc::sync_channel(2);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let rows = store.clone();
+        scope.spawn(move || {
+            let mut r = match rows.reader() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = send.send(Err(e));
+                    return;
+                }
+            };
+            let mut after = 0;
+            while after < total {
+                match r.audit_entries(after, 20_000) {
+                    Ok(mut batch) => {
+                        batch.retain(|s| s.seq <= total);
+                        let Some(last) = batch.last() else { break };
+                        after = last.seq;
+                        if send.send(Ok(batch)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = send.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        for batch in batches {
+            let stored = batch.context("cannot read the audit log")?;
+            // Opening (AES-GCM) and leaf hashing run on every core; the chain is checked in order.
+            verifier
+                .push_batch_with(&stored, threads, |s| {
+                    let e = audit_log::open(&keyring, s).map_err(|e| Tamper {
+                        seq: Some(s.seq),
+                        kind: TamperKind::EntryAltered,
+                        message: format!(
+                            "entry {} cannot be opened ({e}); it was changed or sealed under another key",
+                            s.seq
+                        ),
+                    })?;
+                    Ok((e.seq, leaf_hash(&e.canonical), e.chain))
+                })
+                .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+            progress.set(verifier.verified());
+        }
+        Ok(())
+    })?;
     progress.finish();
     let summary = verifier
         .finish(Some(&SnapshotNodes::new(&mut *reader)))

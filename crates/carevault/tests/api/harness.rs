@@ -200,6 +200,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn stop(&mut self) -> i32 {
+        // Close this client's idle connections first: a blocked test thread cannot answer an
+        // HTTP/2 GOAWAY, which would hold the server's graceful shutdown to its full grace period.
+        self.http = reqwest::Client::new();
         let mut child = self.child.take().expect("running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),

@@ -11,6 +11,7 @@ mod lifecycle;
 mod rejections;
 mod rest;
 mod search;
+mod siem;
 mod synthea;
 mod tls_scan;
 mod validator_cases;
