@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS res (
@@ -59,6 +59,24 @@ CREATE TABLE IF NOT EXISTS system_record (
 );
 "#;
 
+/// Encryption at rest (issue 5): per-patient keys for crypto-shredding, the record of destroyed
+/// ones, and the durable cursor of a data-key rotation.
+const KEYS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patient_key (
+    pkid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a destroyed key's id stays destroyed
+    patient TEXT NOT NULL UNIQUE,             -- the Patient's server-assigned id
+    wrapped BLOB NOT NULL,                    -- the key sealed under a data key ('patient-key/<id>')
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS patient_key_erased (
+    pkid INTEGER PRIMARY KEY, patient TEXT NOT NULL, erased INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_rotation (
+    tbl TEXT PRIMARY KEY, target_key INTEGER NOT NULL, cursor INTEGER NOT NULL,
+    started INTEGER NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL
+);
+"#;
+
 /// Creates the schema when missing; refuses a file written by a newer carevault.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -67,7 +85,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             "store schema version {v} is newer than this carevault supports ({SCHEMA_VERSION}); upgrade carevault"
         )));
     }
-    if v != 0 && v < SCHEMA_VERSION {
+    if v != 0 && v < 2 {
         // Version 1 only ever existed in development builds.
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "store schema version {v} is from a development build of carevault; move the data directory aside and import again"
@@ -75,6 +93,8 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     conn.execute_batch(SCHEMA)?;
+    // Version 2 stores gain the key tables in place (3 only adds tables).
+    conn.execute_batch(KEYS_SCHEMA)?;
     conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))?;
     Ok(())
 }
