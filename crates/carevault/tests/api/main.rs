@@ -6,6 +6,7 @@ mod harness;
 mod client_library;
 mod durability;
 mod import;
+mod keys;
 mod lifecycle;
 mod rejections;
 mod rest;
