@@ -3,7 +3,7 @@
 //! connections that never wait for the writer.
 
 mod query;
-mod schema;
+pub(crate) mod schema;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

@@ -615,15 +615,42 @@ impl Tx for SqlTx<'_> {
                     .execute([rid])?;
             }
         }
-        // secure_delete overwrites the freed cell with zeros in the page itself, so the page
-        // image this transaction writes holds no trace of the wrapped key; the caller then
-        // checkpoints the log so no older image survives either.
+        // The key row goes with secure_delete on, and so does the whole table it lived in:
+        // earlier updates (re-wraps by rotations) and page splits leave stale copies of cells in
+        // a page's free space, which a row delete does not reach. Copying the live rows into a
+        // fresh table and dropping the old one with secure_delete on zeroes every page it had;
+        // the caller then checkpoints the log so no older page image survives there either.
         conn.execute_batch("PRAGMA secure_delete=ON;")?;
-        let deleted = conn
-            .prepare_cached("DELETE FROM patient_key WHERE pkid = ?1")
-            .and_then(|mut st| st.execute([i64::from(row)]));
+        let rebuilt = (|| -> Result<(), StoreError> {
+            conn.prepare_cached("DELETE FROM patient_key WHERE pkid = ?1")?
+                .execute([i64::from(row)])?;
+            let seq: i64 = conn.query_row(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'patient_key'",
+                [],
+                |r| r.get(0),
+            )?;
+            conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS patient_key_rebuild; {ddl}
+                 INSERT INTO patient_key_rebuild SELECT pkid, patient, wrapped, created FROM patient_key;
+                 DROP TABLE patient_key;
+                 ALTER TABLE patient_key_rebuild RENAME TO patient_key;",
+                ddl = super::schema::patient_key_ddl("patient_key_rebuild")
+            ))?;
+            let seq = seq.max(i64::from(row));
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'patient_key'",
+                [seq],
+            )?;
+            if conn.changes() == 0 {
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('patient_key', ?1)",
+                    [seq],
+                )?;
+            }
+            Ok(())
+        })();
         conn.execute_batch("PRAGMA secure_delete=OFF;")?;
-        deleted?;
+        rebuilt?;
         conn.prepare_cached(
             "INSERT OR REPLACE INTO patient_key_erased (pkid, patient, erased) VALUES (?1, ?2, ?3)",
         )?
