@@ -274,6 +274,42 @@ async fn synthea_imports_completely_and_searches_agree_with_the_files() {
     let (_, _, found) = byte_search(&dir, &phi[..50]);
     assert!(found.len() >= 50);
 
+    // Birth dates are blind tags only (no comparable number in the date index), and range
+    // searches on them still agree with the files.
+    let bd = carevault_store::backend::ParamId::of("Patient", "birthdate").0;
+    let c = rusqlite::Connection::open(data.join("store/carevault.db")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM ix_date WHERE pid = ?1", [bd], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(c);
+    let born = p["birthDate"].as_str().unwrap();
+    let expected = patients
+        .iter()
+        .filter(|q| q["birthDate"].as_str().unwrap() < born)
+        .count() as u64;
+    let (_, _, b) = send(s.get(&format!("Patient?birthdate=lt{born}&_summary=count"))).await;
+    assert_eq!(
+        b["total"].as_u64(),
+        Some(expected),
+        "Patient?birthdate=lt{born}"
+    );
+    let expected = patients
+        .iter()
+        .filter(|q| q["birthDate"] == p["birthDate"])
+        .count() as u64;
+    let (_, _, b) = send(s.get(&format!("Patient?birthdate={born}&_summary=count"))).await;
+    assert_eq!(b["total"].as_u64(), Some(expected));
+    let year = &born[..4];
+    let expected = patients
+        .iter()
+        .filter(|q| q["birthDate"].as_str().unwrap()[..4] >= *year)
+        .count() as u64;
+    let (_, _, b) = send(s.get(&format!("Patient?birthdate=ge{year}&_summary=count"))).await;
+    assert_eq!(b["total"].as_u64(), Some(expected));
+
     // Crypto-shred one patient. Keep a copy of the store as it was (a stolen copy, an old backup).
     let copy = tempfile::tempdir().unwrap();
     let db = data.join("store/carevault.db");

@@ -756,6 +756,23 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
             args.push(Sql::Integer(tag_int(tag)));
             "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".into()
         }
+        Cond::AnyTag { param, tags } => {
+            if tags.is_empty() {
+                return "SELECT rid FROM res WHERE 0".into();
+            }
+            args.push(Sql::Integer(pid(param)));
+            let qs: Vec<&str> = tags
+                .iter()
+                .map(|t| {
+                    args.push(Sql::Integer(tag_int(t)));
+                    "?"
+                })
+                .collect();
+            format!(
+                "SELECT rid FROM ix_tag WHERE pid = ? AND tag IN ({})",
+                qs.join(",")
+            )
+        }
         Cond::AllTags { param, tags } => {
             if tags.is_empty() {
                 return "SELECT rid FROM res WHERE 0".into();
