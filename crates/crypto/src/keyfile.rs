@@ -1297,6 +1297,80 @@ mod tests {
     }
 
     #[test]
+    fn data_key_added_then_retired_and_master_rewrapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let clock = ManualClock::at_unix(1_700_000_000);
+        let first = open(&dir, default_source(&dir)).unwrap();
+        let sealed = first.keyring.seal(b"r", b"v").unwrap();
+        let h = &first.handle;
+        let id = h.next_key_id().unwrap();
+        assert_eq!(id, 4);
+        h.add_data_key(id, &clock, &SystemRng::new()).unwrap();
+        h.add_data_key(id, &clock, &SystemRng::new()).unwrap(); // idempotent
+        assert_eq!(h.current_data_key().unwrap(), 4);
+        // The running keyring follows the file.
+        assert!(first.keyring.reload());
+        let newer = first.keyring.seal(b"r", b"w").unwrap();
+        assert_eq!(crate::sealed_key_id(&newer), Some(4));
+        assert_eq!(first.keyring.open(b"r", &sealed).unwrap(), b"v");
+        assert_eq!(
+            h.remove_data_keys(&[1, 4]).unwrap(),
+            1,
+            "never the current key"
+        );
+        let again = open(&dir, default_source(&dir)).unwrap();
+        assert!(again.keyring.open(b"r", &sealed).is_err());
+        assert_eq!(again.keyring.open(b"r", &newer).unwrap(), b"w");
+        // Master re-wrap onto a new default key file: old key kept aside, directory opens.
+        let key = tmp.path().join("d.key");
+        let before = fs::read(&key).unwrap();
+        let done = again
+            .handle
+            .rewrap_master(
+                NewMaster::NewDefaultKeyFile(key.clone()),
+                &clock,
+                &SystemRng::new(),
+            )
+            .unwrap();
+        assert_eq!(done.rewrapped, 3);
+        assert_ne!(fs::read(&key).unwrap(), before);
+        assert_eq!(fs::read(done.old_key_kept_at.unwrap()).unwrap(), before);
+        let reopened = open(&dir, default_source(&dir)).unwrap();
+        assert_eq!(reopened.keyring.open(b"r", &newer).unwrap(), b"w");
+    }
+
+    #[test]
+    fn an_interrupted_default_key_switch_is_finished_or_undone_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let clock = ManualClock::at_unix(1_700_000_000);
+        let first = open(&dir, default_source(&dir)).unwrap();
+        let sealed = first.keyring.seal(b"r", b"v").unwrap();
+        let key = tmp.path().join("d.key");
+        // Crash after staging the new key, before the key file was re-wrapped: undone.
+        create_key_file(&pending_key_path(&key), &SystemRng::new()).unwrap();
+        open(&dir, default_source(&dir)).unwrap();
+        assert!(!pending_key_path(&key).exists());
+        // Crash after the key file was re-wrapped, before the rename: finished.
+        let old = fs::read(&key).unwrap();
+        first
+            .handle
+            .rewrap_master(
+                NewMaster::NewDefaultKeyFile(key.clone()),
+                &clock,
+                &SystemRng::new(),
+            )
+            .unwrap();
+        let new = fs::read(&key).unwrap();
+        fs::rename(&key, pending_key_path(&key)).unwrap();
+        fs::write(&key, &old).unwrap();
+        let back = open(&dir, default_source(&dir)).unwrap();
+        assert_eq!(back.keyring.open(b"r", &sealed).unwrap(), b"v");
+        assert_eq!(fs::read(&key).unwrap(), new);
+    }
+
+    #[test]
     fn concurrent_first_starts_agree_on_one_set_of_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("d");

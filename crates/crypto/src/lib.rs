@@ -620,6 +620,61 @@ mod tests {
         assert!(before.open(b"r", &newer).is_err());
     }
 
+    struct Swappable(std::sync::Mutex<(u64, u32)>);
+    impl KeySource for Swappable {
+        fn generation(&self) -> Option<u64> {
+            Some(self.0.lock().unwrap().0)
+        }
+        fn load(&self) -> Result<(KeyMaterial, Vec<KeyMaterial>), String> {
+            let id = self.0.lock().unwrap().1;
+            let old = (1, Zeroizing::new(vec![1u8; 32]));
+            if id == 1 {
+                Ok((old, vec![]))
+            } else {
+                Ok(((id, Zeroizing::new(vec![id as u8; 32])), vec![old]))
+            }
+        }
+    }
+
+    #[test]
+    fn a_keyring_with_a_source_opens_values_under_a_newer_key_at_once() {
+        let src = std::sync::Arc::new(Swappable(std::sync::Mutex::new((1, 1))));
+        struct Shared(std::sync::Arc<Swappable>);
+        impl KeySource for Shared {
+            fn generation(&self) -> Option<u64> {
+                self.0.generation()
+            }
+            fn load(&self) -> Result<(KeyMaterial, Vec<KeyMaterial>), String> {
+                self.0.load()
+            }
+        }
+        let ring = Keyring::from_parts((1, &[1u8; 32]), &[], (9, &[9u8; 32]))
+            .unwrap()
+            .with_source(Box::new(Shared(src.clone())));
+        // Another process rotated: key 2 is current there and sealed a value.
+        *src.0.lock().unwrap() = (2, 2);
+        let other = Keyring::from_parts((2, &[2u8; 32]), &[], (9, &[9u8; 32])).unwrap();
+        let sealed = other.seal(b"r", b"new").unwrap();
+        assert_eq!(ring.open(b"r", &sealed).unwrap(), b"new");
+        assert_eq!(ring.current_key_id(), 2);
+        // Without a source, an unknown key stays unknown.
+        let plain = Keyring::from_parts((1, &[1u8; 32]), &[], (9, &[9u8; 32])).unwrap();
+        assert!(plain.open(b"r", &sealed).is_err());
+    }
+
+    #[test]
+    fn patient_keys_are_apart_from_data_keys() {
+        let pk = PatientKey::new(5, &[3u8; 32]).unwrap();
+        assert_eq!(pk.id(), 5 | PATIENT_KEY_FLAG);
+        let s = pk.seal(b"Observation/1/_history/1", b"x").unwrap();
+        assert_eq!(sealed_key_id(&s), Some(5 | PATIENT_KEY_FLAG));
+        assert_eq!(pk.open(b"Observation/1/_history/1", &s).unwrap(), b"x");
+        assert!(pk.open(b"Observation/2/_history/1", &s).is_err());
+        // The keyring never opens a patient-keyed value by itself.
+        assert!(ring().open(b"Observation/1/_history/1", &s).is_err());
+        assert!(PatientKey::new(PATIENT_KEY_FLAG, &[3u8; 32]).is_err());
+    }
+
     #[test]
     fn from_data_key_matches_from_parts_with_same_material() {
         let a = Keyring::from_data_key(7, &[42u8; 32]).unwrap();

@@ -211,6 +211,7 @@ async fn data_key_rotation_under_load_survives_kill_dash_nine_and_retires_the_ol
                 }
             }
         }
+        let _ = rot.wait();
         panic!("the rotation ended before it could be interrupted");
     })
     .await
