@@ -262,7 +262,7 @@ fn status(data: &Path, as_json: bool) -> anyhow::Result<()> {
         };
         println!(
             "{:<6} {:<14} {:<15} {:<9} {protects}",
-            r["id"],
+            r["id"].as_u64().unwrap_or(0),
             r["purpose"].as_str().unwrap_or(""),
             r["state"].as_str().unwrap_or(""),
             age(r["age_seconds"].as_u64().unwrap_or(0)),
