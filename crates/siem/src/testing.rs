@@ -282,7 +282,10 @@ if $app-name == "carevault" then {{
 
     /// The messages rsyslog wrote for app-name carevault, parsed (see [`Message::parse`]).
     pub fn messages(&self) -> Vec<Message> {
-        self.received().iter().map(|line| Message::parse(line)).collect()
+        self.received()
+            .iter()
+            .map(|line| Message::parse(line))
+            .collect()
     }
 
     /// rsyslogd's own output and internal messages, for failure messages.

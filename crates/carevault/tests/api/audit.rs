@@ -385,7 +385,10 @@ async fn audit_verify_catches_every_kind_of_tampering() {
     reseal_swap(&d, 5, 6);
     let (code, out) = verify(&d, None);
     assert_ne!(code, 0);
-    assert!(out.contains("entry 5 does not match its chain hash"), "{out}");
+    assert!(
+        out.contains("entry 5 does not match its chain hash"),
+        "{out}"
+    );
 
     // The tail truncated.
     let d = copy_data(&data, &work.path().join("truncated"));
@@ -399,7 +402,10 @@ async fn audit_verify_catches_every_kind_of_tampering() {
     );
     let (code, out) = verify(&d, Some(&shipped));
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains(&format!("the log ends at entry {}", size - 3)), "{out}");
+    assert!(
+        out.contains(&format!("the log ends at entry {}", size - 3)),
+        "{out}"
+    );
 
     // Checkpoints re-signed with another key (and the verifier key file replaced).
     let d = copy_data(&data, &work.path().join("resigned"));
@@ -422,7 +428,10 @@ async fn audit_verify_catches_every_kind_of_tampering() {
     assert_eq!(code, 0, "the older copy is consistent in itself: {out}");
     let (code, out) = verify(&older, Some(&shipped));
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("rolled back") || out.contains("truncated"), "{out}");
+    assert!(
+        out.contains("rolled back") || out.contains("truncated"),
+        "{out}"
+    );
 }
 
 /// Swaps the contents of entries `a` and `b`, re-sealing each to its new position with the
