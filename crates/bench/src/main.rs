@@ -9,6 +9,7 @@
 
 mod audit;
 mod client;
+mod keys_bench;
 mod load;
 mod report;
 mod server;
@@ -52,6 +53,14 @@ struct Args {
     /// Keep the scratch directory (data, logs) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Run the encryption-at-rest benchmark instead of the core one: raw AEAD, import and
+    /// reads with encryption on vs off, data-key rotation speed.
+    #[arg(long)]
+    encryption: bool,
+    /// With --encryption: the benchmark-only plaintext binary (default: build it into
+    /// `<target>/bench-plaintext`).
+    #[arg(long, value_name = "FILE")]
+    plaintext_bin: Option<PathBuf>,
 }
 
 /// Floors from PRODUCT.md section 7.
@@ -134,6 +143,18 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         Some(b) => b.clone(),
         None => server::build_release()?,
     };
+    if args.encryption {
+        let plaintext = match &args.plaintext_bin {
+            Some(b) => b.clone(),
+            None => keys_bench::build_plaintext()?,
+        };
+        let bounds = Bounds {
+            duration: Duration::from_secs(args.seconds.max(1)),
+            max_requests: args.max_requests.max(1),
+        };
+        let (figures, context) = keys_bench::run(&bin, &plaintext, &synthea, bounds).await?;
+        return Ok(report::report(&figures, report::machine(), context, None));
+    }
     let scratch = tempfile::Builder::new()
         .prefix("carevault-bench-")
         .tempdir()
@@ -206,13 +227,17 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
 }
 
 /// Bearer token with its age, refreshed before it runs out.
-struct Token {
+pub(crate) struct Token {
     header: String,
     obtained: Instant,
     lifetime: Duration,
 }
 
-async fn fetch_token(target: &Target, client_id: &str, secret: &str) -> anyhow::Result<Token> {
+pub(crate) async fn fetch_token(
+    target: &Target,
+    client_id: &str,
+    secret: &str,
+) -> anyhow::Result<Token> {
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
@@ -266,14 +291,14 @@ fn form_encode(s: &str) -> String {
 
 /// Ids and search values taken from the loaded data.
 #[derive(Debug, Default)]
-struct Sample {
+pub(crate) struct Sample {
     patients: Vec<String>,
     observations: Vec<String>,
     family: Option<String>,
     patient_with_code: Option<(String, String)>,
 }
 
-async fn discover(target: &Target, bearer: &str) -> anyhow::Result<Sample> {
+pub(crate) async fn discover(target: &Target, bearer: &str) -> anyhow::Result<Sample> {
     let mut conn = target.connect().await?;
     let mut get = async |path: &str| -> anyhow::Result<Value> {
         let reply = conn

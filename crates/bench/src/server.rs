@@ -60,6 +60,16 @@ pub struct Shutdown {
 impl Server {
     /// Starts `bin serve` on `data` at a free loopback port and waits for `/readyz`.
     pub async fn start(bin: &Path, data: &Path, scratch: &Path) -> anyhow::Result<Self> {
+        Self::start_env(bin, data, scratch, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server.
+    pub async fn start_env(
+        bin: &Path,
+        data: &Path,
+        scratch: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?)
             .parse()
             .context("bad address")?;
@@ -71,6 +81,7 @@ impl Server {
             .arg(data)
             .arg("--listen")
             .arg(addr.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

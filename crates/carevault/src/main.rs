@@ -4,7 +4,9 @@
 mod audit_cmd;
 mod client_cmd;
 mod import;
+mod keys_cmd;
 mod parts;
+mod patient_cmd;
 mod serve_cmd;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,12 @@ enum Command {
     /// Verify the audit trail and produce access reports.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Key status and rotation (master key, data key).
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Patient-level operations: crypto-shredding erasure.
+    #[command(subcommand)]
+    Patient(patient_cmd::PatientCommand),
 }
 
 /// `--data DIR`, shared by every command.
@@ -62,9 +70,21 @@ fn main() -> ExitCode {
             init_logging(cli.log_format.as_deref().unwrap_or("text"));
             audit_cmd::run(cmd)
         }
+        Command::Keys(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            keys_cmd::run(cmd)
+        }
+        Command::Patient(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            patient_cmd::run(cmd)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("carevault: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             // One sentence: the outermost context, then its causes, on one line.
             let msg = e
@@ -76,6 +96,16 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A command line that parses but makes no sense: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+/// Fails with a usage error (exit 2).
+pub fn usage_error<T>(msg: &str) -> anyhow::Result<T> {
+    Err(UsageError(msg.to_owned()).into())
 }
 
 /// Logs go to stderr; `RUST_LOG` narrows or widens them.

@@ -25,6 +25,13 @@ pub struct ServeArgs {
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     let data = args.data.data;
+    if carevault_crypto::INSECURE_PLAINTEXT
+        && std::env::var("CAREVAULT_INSECURE_PLAINTEXT_BENCH").as_deref() != Ok("1")
+    {
+        anyhow::bail!(
+            "this carevault was built for benchmarks with encryption switched off and must never hold real data; use a normal build"
+        );
+    }
     let config_path = args.config.unwrap_or_else(|| data.join("carevault.toml"));
     let mut config = Config::load(&config_path, std::env::vars())?;
     if let Some(listen) = args.listen {

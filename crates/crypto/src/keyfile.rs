@@ -182,6 +182,8 @@ pub struct OpenedKeys {
     pub keys: Vec<KeyInfo>,
     /// The audit checkpoint signing key.
     pub audit_signing: AuditSigningKey,
+    /// The key file and the master key that opened it, for rotations.
+    pub handle: KeyFileHandle,
 }
 
 /// The Ed25519 seed that signs audit checkpoints, with its key id.
@@ -244,6 +246,7 @@ pub fn open_or_init_with(
     let kind_in_file = existing.as_ref().map(|d| d.master.kind);
 
     let mut kdf = None;
+    let reload_source = source.clone();
     let provider = match source {
         MasterSource::KeyFile(key_path) => {
             if kind_in_file == Some(MasterKind::Passphrase) {
@@ -287,6 +290,9 @@ pub fn open_or_init_with(
                 return Err(set_up_with_passphrase(data_dir));
             }
             let mut created = false;
+            if let Some(doc) = &existing {
+                recover_pending_default(doc, &key_path, clock)?;
+            }
             if !key_path.exists() {
                 if existing.is_some() {
                     return Err(KeyError::MasterKeyMissing {
@@ -309,13 +315,15 @@ pub fn open_or_init_with(
         }
     };
     let kind = provider.describe().kind;
+    let provider: Arc<dyn KeyProvider> = Arc::new(provider);
     open_or_init_with_provider(
         data_dir,
-        &provider,
+        provider,
         MasterRecord { kind, kdf },
         existing,
         clock,
         rng,
+        Some(reload_source),
     )
 }
 
@@ -323,7 +331,7 @@ pub fn open_or_init_with(
 /// backend uses; the directory must exist).
 pub fn open_or_init_with_external(
     data_dir: &Path,
-    provider: &dyn KeyProvider,
+    provider: Arc<dyn KeyProvider>,
     clock: &dyn Clock,
     rng: &dyn Random,
 ) -> Result<OpenedKeys, KeyError> {
@@ -334,7 +342,7 @@ pub fn open_or_init_with_external(
         kind: provider.describe().kind,
         kdf: None,
     };
-    open_or_init_with_provider(data_dir, provider, master, existing, clock, rng)
+    open_or_init_with_provider(data_dir, provider, master, existing, clock, rng, None)
 }
 
 fn set_up_with_passphrase(data_dir: &Path) -> KeyError {
@@ -346,15 +354,16 @@ fn set_up_with_passphrase(data_dir: &Path) -> KeyError {
 
 fn open_or_init_with_provider(
     data_dir: &Path,
-    provider: &dyn KeyProvider,
+    provider: Arc<dyn KeyProvider>,
     master: MasterRecord,
     existing: Option<KeyFileDoc>,
     clock: &dyn Clock,
     rng: &dyn Random,
+    source: Option<MasterSource>,
 ) -> Result<OpenedKeys, KeyError> {
     let path = key_file_path(data_dir);
     if let Some(doc) = existing {
-        return open_doc(&path, &doc, provider);
+        return open_doc(&path, &doc, provider, source);
     }
     let now = clock.unix_seconds();
     let data = Keyring::generate_key_material_with(rng)?;
@@ -398,9 +407,9 @@ fn open_or_init_with_provider(
             path: path.clone(),
             reason: "vanished".into(),
         })?;
-        return open_doc(&path, &doc, provider);
+        return open_doc(&path, &doc, provider, source);
     }
-    let mut opened = open_doc(&path, &doc, provider)?;
+    let mut opened = open_doc(&path, &doc, provider, source)?;
     opened.created = true;
     Ok(opened)
 }
@@ -408,8 +417,61 @@ fn open_or_init_with_provider(
 fn open_doc(
     path: &Path,
     doc: &KeyFileDoc,
-    provider: &dyn KeyProvider,
+    provider: Arc<dyn KeyProvider>,
+    source: Option<MasterSource>,
 ) -> Result<OpenedKeys, KeyError> {
+    let unwrapped = unwrap_doc(path, doc, &*provider)?;
+    let retired_refs: Vec<(u32, &[u8])> = unwrapped
+        .others
+        .iter()
+        .map(|(id, m)| (*id, &m[..]))
+        .collect();
+    let (cid, cmat) = &unwrapped.current;
+    let (bid, bmat) = &unwrapped.blind;
+    let keyring = Keyring::from_parts((*cid, &cmat[..]), &retired_refs, (*bid, &bmat[..]))?
+        .with_source(Box::new(FileKeySource {
+            path: path.to_path_buf(),
+            provider: std::sync::Mutex::new(provider.clone()),
+            source,
+        }));
+    Ok(OpenedKeys {
+        keyring: Arc::new(keyring),
+        master_source: provider.describe(),
+        created: false,
+        keys: key_infos(doc),
+        audit_signing: unwrapped.audit_signing,
+        handle: KeyFileHandle {
+            path: path.to_path_buf(),
+            provider,
+        },
+    })
+}
+
+fn key_infos(doc: &KeyFileDoc) -> Vec<KeyInfo> {
+    doc.keys
+        .iter()
+        .map(|k| KeyInfo {
+            id: k.id,
+            purpose: k.purpose,
+            state: k.state,
+            created_at: k.created_at,
+        })
+        .collect()
+}
+
+/// The unwrapped keys of a key file.
+struct Unwrapped {
+    current: (u32, Zeroizing<Vec<u8>>),
+    others: Vec<(u32, Zeroizing<Vec<u8>>)>,
+    blind: (u32, Zeroizing<Vec<u8>>),
+    audit_signing: AuditSigningKey,
+}
+
+fn unwrap_doc(
+    path: &Path,
+    doc: &KeyFileDoc,
+    provider: &dyn KeyProvider,
+) -> Result<Unwrapped, KeyError> {
     let malformed = |reason: &str| KeyError::Malformed {
         path: path.into(),
         reason: reason.into(),
@@ -467,26 +529,389 @@ fn open_doc(
         }
     }
     let audit_signing = signing.ok_or_else(|| malformed("the audit signing key is missing"))?;
-    let (cid, cmat) = current.ok_or_else(|| malformed("the current data key is missing"))?;
-    let (bid, bmat) = blind.ok_or_else(|| malformed("the blind-index key is missing"))?;
-    let retired_refs: Vec<(u32, &[u8])> = retired.iter().map(|(id, m)| (*id, &m[..])).collect();
-    let keyring = Keyring::from_parts((cid, &cmat[..]), &retired_refs, (bid, &bmat[..]))?;
-    Ok(OpenedKeys {
-        keyring: Arc::new(keyring),
-        master_source: provider.describe(),
-        created: false,
-        keys: doc
-            .keys
-            .iter()
-            .map(|k| KeyInfo {
-                id: k.id,
-                purpose: k.purpose,
-                state: k.state,
-                created_at: k.created_at,
-            })
-            .collect(),
+    let current = current.ok_or_else(|| malformed("the current data key is missing"))?;
+    let blind = blind.ok_or_else(|| malformed("the blind-index key is missing"))?;
+    Ok(Unwrapped {
+        current,
+        others: retired,
+        blind,
         audit_signing,
     })
+}
+
+/// Re-reads the key file for a running keyring (see [`crate::KeySource`]).
+struct FileKeySource {
+    path: PathBuf,
+    provider: std::sync::Mutex<Arc<dyn KeyProvider>>,
+    /// Where the master key came from, to look again after a master rotation (a new default
+    /// key file at the same place is picked up; an environment variable cannot change).
+    source: Option<MasterSource>,
+}
+
+impl crate::KeySource for FileKeySource {
+    fn generation(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(&self.path).ok()?;
+        Some(
+            m.ino()
+                .rotate_left(17)
+                .wrapping_add(m.mtime_nsec() as u64)
+                .wrapping_add((m.mtime() as u64).rotate_left(32))
+                .wrapping_add(m.len().rotate_left(48)),
+        )
+    }
+
+    fn load(&self) -> Result<(crate::KeyMaterial, Vec<crate::KeyMaterial>), String> {
+        let doc = read_doc(&self.path)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the key file {} is missing", self.path.display()))?;
+        let provider = self
+            .provider
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unwrapped = match unwrap_doc(&self.path, &doc, &*provider) {
+            Err(KeyError::WrongMasterKey { .. }) if self.source.is_some() => {
+                let fresh = self
+                    .source
+                    .as_ref()
+                    .map(|s| provider_from_source(s, &doc))
+                    .transpose()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no master source")?;
+                let u = unwrap_doc(&self.path, &doc, &*fresh).map_err(|e| e.to_string())?;
+                *self.provider.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                u
+            }
+            other => other.map_err(|e| e.to_string())?,
+        };
+        Ok((unwrapped.current, unwrapped.others))
+    }
+}
+
+/// A provider built again from a master source (no creation, no pending-rotation recovery).
+fn provider_from_source(
+    source: &MasterSource,
+    doc: &KeyFileDoc,
+) -> Result<Arc<dyn KeyProvider>, KeyError> {
+    let (key, kind, location) = match source {
+        MasterSource::KeyFile(p) => (read_key_file(p)?, MasterKind::KeyFile, p.clone()),
+        MasterSource::DefaultKeyFile(p) => {
+            (read_key_file(p)?, MasterKind::DefaultKeyFile, p.clone())
+        }
+        MasterSource::Passphrase(pass) => {
+            let params = doc.master.kdf.clone().ok_or_else(|| {
+                KeyError::WrongMasterKind("the key file has no passphrase parameters".into())
+            })?;
+            (params.derive(pass)?, MasterKind::Passphrase, PathBuf::new())
+        }
+    };
+    Ok(Arc::new(LocalKeyProvider::new(
+        &key,
+        MasterSourceDescription {
+            kind,
+            location: location.display().to_string(),
+            created: false,
+            warnings: Vec::new(),
+        },
+    )?))
+}
+
+/// A data directory's key file together with the master key that opened it: what the key
+/// rotations change.
+pub struct KeyFileHandle {
+    path: PathBuf,
+    provider: Arc<dyn KeyProvider>,
+}
+
+impl std::fmt::Debug for KeyFileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFileHandle")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new master key is, for [`KeyFileHandle::rewrap_master`].
+pub enum NewMaster {
+    /// A key file (32 raw bytes or 64 hex characters) named by `CAREVAULT_MASTER_KEY_FILE`.
+    KeyFile(PathBuf),
+    /// A passphrase, stretched with Argon2id under a fresh salt.
+    Passphrase(secrecy::SecretString),
+    /// A new default key file beside the data directory, replacing the old one.
+    NewDefaultKeyFile(PathBuf),
+}
+
+/// The outcome of a master-key rotation.
+#[derive(Debug, Clone)]
+pub struct MasterRotation {
+    /// How many wrapped keys were re-wrapped.
+    pub rewrapped: usize,
+    /// The new master source.
+    pub kind: MasterKind,
+    /// Where the new master key is (key file path), or the key file for a passphrase.
+    pub location: PathBuf,
+    /// Where the previous default key file was kept, when one was replaced.
+    pub old_key_kept_at: Option<PathBuf>,
+}
+
+impl KeyFileHandle {
+    /// The key file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn doc(&self) -> Result<KeyFileDoc, KeyError> {
+        read_doc(&self.path)?.ok_or_else(|| KeyError::Malformed {
+            path: self.path.clone(),
+            reason: "the key file disappeared".into(),
+        })
+    }
+
+    /// Every key entry as the file holds it now.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, KeyError> {
+        Ok(key_infos(&self.doc()?))
+    }
+
+    /// The id of the current data key as the file holds it now.
+    pub fn current_data_key(&self) -> Result<u32, KeyError> {
+        Ok(self.doc()?.current_data_key)
+    }
+
+    /// The master kind the file records.
+    pub fn master_kind(&self) -> Result<MasterKind, KeyError> {
+        Ok(self.doc()?.master.kind)
+    }
+
+    /// An id no key of the file uses (one above the highest).
+    pub fn next_key_id(&self) -> Result<u32, KeyError> {
+        Ok(self.doc()?.keys.iter().map(|k| k.id).max().unwrap_or(0) + 1)
+    }
+
+    /// Adds data key `id` (fresh random material) as the current data key; the previous current
+    /// key becomes retired (opens only). Idempotent: when `id` exists already nothing changes.
+    pub fn add_data_key(
+        &self,
+        id: u32,
+        clock: &dyn Clock,
+        rng: &dyn Random,
+    ) -> Result<(), KeyError> {
+        let mut doc = self.doc()?;
+        if doc.keys.iter().any(|k| k.id == id) {
+            return Ok(());
+        }
+        if id & crate::PATIENT_KEY_FLAG != 0 {
+            return Err(KeyError::Crypto(CryptoError::InvalidKey(
+                "data key id out of range",
+            )));
+        }
+        // Proves the master key before anything changes.
+        unwrap_doc(&self.path, &doc, &*self.provider)?;
+        let material = Keyring::generate_key_material_with(rng)?;
+        for k in doc.keys.iter_mut() {
+            if k.purpose == KeyPurpose::Data {
+                k.state = KeyState::Retired;
+            }
+        }
+        doc.keys.push(WrappedKey {
+            id,
+            purpose: KeyPurpose::Data,
+            state: KeyState::Active,
+            created_at: clock.unix_seconds(),
+            wrapped: b64(&self
+                .provider
+                .wrap(&wrap_context(id, KeyPurpose::Data), &material[..])?),
+        });
+        doc.current_data_key = id;
+        write_replace(&self.path, &doc)
+    }
+
+    /// Removes retired data keys `ids` from the file (never the current one): once nothing is
+    /// sealed under them, dropping them is what makes old copies of records unreadable.
+    pub fn remove_data_keys(&self, ids: &[u32]) -> Result<usize, KeyError> {
+        let mut doc = self.doc()?;
+        let before = doc.keys.len();
+        let current = doc.current_data_key;
+        doc.keys
+            .retain(|k| !(k.purpose == KeyPurpose::Data && k.id != current && ids.contains(&k.id)));
+        let removed = before - doc.keys.len();
+        if removed > 0 {
+            write_replace(&self.path, &doc)?;
+        }
+        Ok(removed)
+    }
+
+    /// Re-wraps every key of the file under a new master key, atomically (the data keys, the
+    /// blind-index key and the audit-signing key themselves do not change, so nothing else has
+    /// to be re-encrypted). For a new default key file the sequence is: new key at
+    /// `DIR.key.new`, key file replaced, old key moved to `DIR.key.old-<unix time>`, new key
+    /// renamed into place; a crash at any point leaves a directory that opens (see
+    /// [`open_or_init`], which finishes a pending switch).
+    pub fn rewrap_master(
+        &self,
+        new: NewMaster,
+        clock: &dyn Clock,
+        rng: &dyn Random,
+    ) -> Result<MasterRotation, KeyError> {
+        let mut doc = self.doc()?;
+        let unwrapped_check = unwrap_doc(&self.path, &doc, &*self.provider)?;
+        drop(unwrapped_check);
+        let (key, record, location, pending) = match &new {
+            NewMaster::KeyFile(p) => (
+                read_key_file(p)?,
+                MasterRecord {
+                    kind: MasterKind::KeyFile,
+                    kdf: None,
+                },
+                p.clone(),
+                None,
+            ),
+            NewMaster::Passphrase(pass) => {
+                let params = KdfParams::generate(rng)?;
+                let key = params.derive(pass)?;
+                (
+                    key,
+                    MasterRecord {
+                        kind: MasterKind::Passphrase,
+                        kdf: Some(params),
+                    },
+                    self.path.clone(),
+                    None,
+                )
+            }
+            NewMaster::NewDefaultKeyFile(p) => {
+                let staged = pending_key_path(p);
+                let _ = fs::remove_file(&staged);
+                create_key_file(&staged, rng)?;
+                (
+                    read_key_file(&staged)?,
+                    MasterRecord {
+                        kind: MasterKind::DefaultKeyFile,
+                        kdf: None,
+                    },
+                    p.clone(),
+                    Some(staged),
+                )
+            }
+        };
+        let fresh = LocalKeyProvider::new(
+            &key,
+            MasterSourceDescription {
+                kind: record.kind,
+                location: location.display().to_string(),
+                created: false,
+                warnings: Vec::new(),
+            },
+        )?;
+        let mut rewrapped = 0;
+        for entry in doc.keys.iter_mut() {
+            let ctx = wrap_context(entry.id, entry.purpose);
+            let wrapped = unb64(&entry.wrapped).ok_or_else(|| KeyError::Malformed {
+                path: self.path.clone(),
+                reason: "a wrapped key is not base64".into(),
+            })?;
+            let material = self.provider.unwrap(&ctx, &wrapped)?;
+            entry.wrapped = b64(&fresh.wrap(&ctx, &material)?);
+            rewrapped += 1;
+        }
+        doc.check = b64(&fresh.wrap(CHECK_CONTEXT, &CHECK_PLAIN)?);
+        doc.master = record;
+        write_replace(&self.path, &doc)?;
+        // Confirm: the file as written opens under the new key.
+        let written = self.doc()?;
+        unwrap_doc(&self.path, &written, &fresh)?;
+        let mut old_key_kept_at = None;
+        if let (Some(staged), NewMaster::NewDefaultKeyFile(p)) = (pending, &new) {
+            old_key_kept_at = finish_default_switch(p, &staged, clock)?;
+        }
+        Ok(MasterRotation {
+            rewrapped,
+            kind: written.master.kind,
+            location,
+            old_key_kept_at,
+        })
+    }
+}
+
+/// Finishes (or undoes) a default-key rotation that a crash interrupted: when `DIR.key.new`
+/// exists and opens the key file, it becomes `DIR.key`; when it does not, it was never used and
+/// is removed.
+fn recover_pending_default(
+    doc: &KeyFileDoc,
+    key: &Path,
+    clock: &dyn Clock,
+) -> Result<(), KeyError> {
+    let staged = pending_key_path(key);
+    if !staged.exists() {
+        return Ok(());
+    }
+    let opens = read_key_file(&staged)
+        .and_then(|k| {
+            LocalKeyProvider::new(
+                &k,
+                MasterSourceDescription {
+                    kind: MasterKind::DefaultKeyFile,
+                    location: staged.display().to_string(),
+                    created: false,
+                    warnings: Vec::new(),
+                },
+            )
+        })
+        .ok()
+        .and_then(|p| {
+            let check = unb64(&doc.check)?;
+            let plain = p.unwrap(CHECK_CONTEXT, &check).ok()?;
+            Some(bool::from(plain[..].ct_eq(&CHECK_PLAIN[..])))
+        })
+        .unwrap_or(false);
+    if opens {
+        finish_default_switch(key, &staged, clock)?;
+    } else {
+        let _ = fs::remove_file(&staged);
+    }
+    Ok(())
+}
+
+/// `DIR.key.new`: a default master key staged by a rotation.
+pub fn pending_key_path(default_key: &Path) -> PathBuf {
+    let mut name = default_key
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".new");
+    default_key.with_file_name(name)
+}
+
+/// Moves the old default key aside (`.old-<unix time>`) and the staged one into place.
+fn finish_default_switch(
+    key: &Path,
+    staged: &Path,
+    clock: &dyn Clock,
+) -> Result<Option<PathBuf>, KeyError> {
+    let mut kept = None;
+    if key.exists() {
+        let mut name = key
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(format!(".old-{}", clock.unix_seconds()));
+        let old = key.with_file_name(name);
+        fs::rename(key, &old).map_err(|source| KeyError::Io {
+            action: "keep the old master key file as",
+            path: old.clone(),
+            source,
+        })?;
+        kept = Some(old);
+    }
+    fs::rename(staged, key).map_err(|source| KeyError::Io {
+        action: "put the new master key file in place at",
+        path: key.into(),
+        source,
+    })?;
+    if let Some(dir) = key.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(kept)
 }
 
 /// Associated data binding a wrapped key to its id and purpose.
@@ -625,7 +1050,6 @@ fn write_new(path: &Path, doc: &KeyFileDoc) -> Result<bool, KeyError> {
 }
 
 /// Atomically replaces `path` with `doc` (temp file, fsync, rename, fsync directory).
-#[allow(dead_code)] // used by key rotation (issue 5)
 fn write_replace(path: &Path, doc: &KeyFileDoc) -> Result<(), KeyError> {
     let tmp = write_temp(path, doc)?;
     fs::rename(&tmp, path).map_err(|source| KeyError::Io {
@@ -870,6 +1294,80 @@ mod tests {
         );
         reset();
         open(&dir, default_source(&dir)).unwrap();
+    }
+
+    #[test]
+    fn data_key_added_then_retired_and_master_rewrapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let clock = ManualClock::at_unix(1_700_000_000);
+        let first = open(&dir, default_source(&dir)).unwrap();
+        let sealed = first.keyring.seal(b"r", b"v").unwrap();
+        let h = &first.handle;
+        let id = h.next_key_id().unwrap();
+        assert_eq!(id, 4);
+        h.add_data_key(id, &clock, &SystemRng::new()).unwrap();
+        h.add_data_key(id, &clock, &SystemRng::new()).unwrap(); // idempotent
+        assert_eq!(h.current_data_key().unwrap(), 4);
+        // The running keyring follows the file.
+        assert!(first.keyring.reload());
+        let newer = first.keyring.seal(b"r", b"w").unwrap();
+        assert_eq!(crate::sealed_key_id(&newer), Some(4));
+        assert_eq!(first.keyring.open(b"r", &sealed).unwrap(), b"v");
+        assert_eq!(
+            h.remove_data_keys(&[1, 4]).unwrap(),
+            1,
+            "never the current key"
+        );
+        let again = open(&dir, default_source(&dir)).unwrap();
+        assert!(again.keyring.open(b"r", &sealed).is_err());
+        assert_eq!(again.keyring.open(b"r", &newer).unwrap(), b"w");
+        // Master re-wrap onto a new default key file: old key kept aside, directory opens.
+        let key = tmp.path().join("d.key");
+        let before = fs::read(&key).unwrap();
+        let done = again
+            .handle
+            .rewrap_master(
+                NewMaster::NewDefaultKeyFile(key.clone()),
+                &clock,
+                &SystemRng::new(),
+            )
+            .unwrap();
+        assert_eq!(done.rewrapped, 3);
+        assert_ne!(fs::read(&key).unwrap(), before);
+        assert_eq!(fs::read(done.old_key_kept_at.unwrap()).unwrap(), before);
+        let reopened = open(&dir, default_source(&dir)).unwrap();
+        assert_eq!(reopened.keyring.open(b"r", &newer).unwrap(), b"w");
+    }
+
+    #[test]
+    fn an_interrupted_default_key_switch_is_finished_or_undone_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let clock = ManualClock::at_unix(1_700_000_000);
+        let first = open(&dir, default_source(&dir)).unwrap();
+        let sealed = first.keyring.seal(b"r", b"v").unwrap();
+        let key = tmp.path().join("d.key");
+        // Crash after staging the new key, before the key file was re-wrapped: undone.
+        create_key_file(&pending_key_path(&key), &SystemRng::new()).unwrap();
+        open(&dir, default_source(&dir)).unwrap();
+        assert!(!pending_key_path(&key).exists());
+        // Crash after the key file was re-wrapped, before the rename: finished.
+        let old = fs::read(&key).unwrap();
+        first
+            .handle
+            .rewrap_master(
+                NewMaster::NewDefaultKeyFile(key.clone()),
+                &clock,
+                &SystemRng::new(),
+            )
+            .unwrap();
+        let new = fs::read(&key).unwrap();
+        fs::rename(&key, pending_key_path(&key)).unwrap();
+        fs::write(&key, &old).unwrap();
+        let back = open(&dir, default_source(&dir)).unwrap();
+        assert_eq!(back.keyring.open(b"r", &sealed).unwrap(), b"v");
+        assert_eq!(fs::read(&key).unwrap(), new);
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl KdfParams {
 }
 
 /// Where to take the master key from, resolved from the environment (PRODUCT.md section 3).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MasterSource {
     /// A file with 32 raw bytes or 64 hex characters.
     KeyFile(PathBuf),

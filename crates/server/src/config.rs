@@ -171,7 +171,12 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 "#;
 
 /// Environment variables under the `CAREVAULT_` prefix that are not settings.
-const RESERVED_ENV: &[&str] = &["MASTER_KEY_FILE", "PASSPHRASE"];
+const RESERVED_ENV: &[&str] = &[
+    "MASTER_KEY_FILE",
+    "PASSPHRASE",
+    "INSECURE_PLAINTEXT_BENCH",
+    "TEST_ROTATE_BATCH_DELAY_MS",
+];
 
 /// A setting that could not be read; the message names it.
 #[derive(Debug, thiserror::Error)]

@@ -118,6 +118,17 @@ impl ApiError {
             RestError::NotSupported(d) => {
                 Self::new(StatusCode::NOT_IMPLEMENTED, "not-supported", d)
             }
+            RestError::Integrity(detail) => {
+                // The detail names the record (type, server id, version) and what failed; never content.
+                tracing::error!(request_id, error = %detail, "a stored record failed its integrity check");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    format!(
+                        "An integrity check failed for the stored record, so it cannot be served; quote request id {request_id} to the operator."
+                    ),
+                )
+            }
             other => {
                 tracing::error!(request_id, error = %other, "store failure");
                 Self::internal(request_id)

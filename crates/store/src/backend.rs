@@ -123,10 +123,124 @@ pub struct NewVersion {
     pub deleted: bool,
     /// `POST`, `PUT`, `PATCH` or `DELETE`.
     pub method: &'static str,
-    /// Sealed JSON (empty for deletions).
+    /// Sealed JSON (empty for deletions, and until [`crate::rest::put_new_version`] seals a
+    /// version that waits for its patient key).
     pub sealed: Vec<u8>,
     /// The index rows of this version (empty for deletions); replace the previous version's rows.
     pub index: Vec<IndexRow>,
+    /// The one patient whose compartment holds this version: its body is sealed under that
+    /// patient's own key (crypto-shredding). `None`: the shared data key.
+    pub owner: Option<String>,
+    /// The JSON still to be sealed under the owner's key, inside the write transaction that may
+    /// have to create that key. A backend refuses to write a version while this is set.
+    pub pending: Option<Vec<u8>>,
+}
+
+/// A store table holding sealed values, described so one generic routine can count and
+/// re-encrypt them all (data-key rotation). Adding a sealed table is one entry in
+/// [`SEALED_TABLES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedTable {
+    /// Table name.
+    pub name: &'static str,
+    /// An integer column that orders the rows (the rotation cursor), e.g. `seq` or `rowid`.
+    pub key: &'static str,
+    /// The column holding the sealed value.
+    pub body: &'static str,
+    /// An SQL expression over the row giving the record identity the value is sealed to.
+    pub identity: &'static str,
+}
+
+/// Every table with sealed values: resource versions, system records, audit entries, and the
+/// wrapped per-patient keys.
+pub const SEALED_TABLES: &[SealedTable] = &[
+    SealedTable {
+        name: "ver",
+        key: "seq",
+        body: "body",
+        identity: "(SELECT res.rtype || '/' || res.id FROM res WHERE res.rid = ver.rid) || '/_history/' || ver.version",
+    },
+    SealedTable {
+        name: "system_record",
+        key: "rowid",
+        body: "body",
+        identity: "'sys/' || kind || '/' || key",
+    },
+    SealedTable {
+        name: "audit_log",
+        key: "seq",
+        body: "entry",
+        identity: "'audit/' || seq",
+    },
+    SealedTable {
+        name: "patient_key",
+        key: "pkid",
+        body: "wrapped",
+        identity: "'patient-key/' || patient",
+    },
+];
+
+/// One sealed value as a rotation reads it.
+#[derive(Debug, Clone)]
+pub struct SealedRow {
+    /// The row's ordering key.
+    pub key: i64,
+    /// The record identity it is sealed to.
+    pub identity: String,
+    /// The sealed bytes.
+    pub sealed: Vec<u8>,
+}
+
+/// How many values of one table are sealed under one key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// The table.
+    pub table: &'static str,
+    /// The key id named in the sealed header.
+    pub key_id: u32,
+    /// Rows sealed under it.
+    pub rows: u64,
+    /// Of those, rows that are the current version of a resource (only `ver`; else equal to rows).
+    pub current: u64,
+}
+
+/// The durable cursor of a data-key rotation, one per sealed table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationCursor {
+    /// The table.
+    pub table: String,
+    /// The data key everything is being re-encrypted to.
+    pub target_key: u32,
+    /// The last row key done.
+    pub cursor: i64,
+    /// When the rotation started, ms since the epoch.
+    pub started_ms: i64,
+    /// Rows under other data keys when the rotation started.
+    pub total: u64,
+    /// Rows re-encrypted so far.
+    pub done: u64,
+}
+
+/// A per-patient key row as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatientKeyRow {
+    /// The key exists: the patient's id and the key sealed under a data key.
+    Live { patient: String, wrapped: Vec<u8> },
+    /// The key was destroyed by an erasure.
+    Destroyed,
+    /// No such key was ever made.
+    Unknown,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasedRows {
+    /// The destroyed key's store row.
+    pub key_row: u32,
+    /// Resources whose current version was sealed under it (now erased).
+    pub resources: u64,
+    /// Versions sealed under it (bodies removed).
+    pub versions: u64,
 }
 
 /// Which versions a history request covers.
@@ -204,6 +318,24 @@ pub trait ReadTx {
     fn get_system_record(&mut self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// All sealed system records of one kind, by key.
     fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The per-patient key of `patient`: its store row and the wrapped key.
+    fn patient_key(&mut self, patient: &str) -> Result<Option<(u32, Vec<u8>)>, StoreError>;
+    /// The per-patient key in store row `row`.
+    fn patient_key_row(&mut self, row: u32) -> Result<PatientKeyRow, StoreError>;
+    /// Up to `limit` rows of `table` after row key `after`, in key order, sealed under a data
+    /// key other than `keep` (values under patient keys are left out: their keys are re-wrapped
+    /// instead).
+    fn sealed_batch(
+        &mut self,
+        table: &SealedTable,
+        after: i64,
+        limit: usize,
+        keep: u32,
+    ) -> Result<Vec<SealedRow>, StoreError>;
+    /// How many values of each sealed table are sealed under each key id.
+    fn key_usage(&mut self) -> Result<Vec<KeyUsage>, StoreError>;
+    /// The cursors of a data-key rotation in progress (empty when none is).
+    fn rotation_state(&mut self) -> Result<Vec<RotationCursor>, StoreError>;
     /// The last audit entry's sequence number and chain hash (`None` for an empty log).
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
     /// The stored hash of the complete Merkle subtree at `level`, `index` of the audit log.
@@ -269,6 +401,35 @@ pub trait Tx: ReadTx {
     -> Result<(), StoreError>;
     /// Removes a system record; true when one existed.
     fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError>;
+    /// Stores a new per-patient key (sealed under a data key); returns its store row.
+    fn insert_patient_key(
+        &mut self,
+        patient: &str,
+        wrapped: &[u8],
+        created_ms: i64,
+    ) -> Result<u32, StoreError>;
+    /// Replaces a sealed value with its re-encryption, only when the row still holds `old`
+    /// (a concurrent update wins); true when it was replaced.
+    fn reseal(
+        &mut self,
+        table: &SealedTable,
+        key: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// Writes one table's rotation cursor.
+    fn put_rotation_cursor(&mut self, cursor: &RotationCursor) -> Result<(), StoreError>;
+    /// Forgets the rotation cursors (the rotation finished).
+    fn clear_rotation(&mut self) -> Result<(), StoreError>;
+    /// Crypto-shredding: removes every body sealed under `patient`'s key, erases the resources
+    /// whose current version was sealed under it (index rows deleted, marked deleted), destroys
+    /// the key row so that no copy of it survives in the database pages, and records the
+    /// destruction. `None` when the patient has no key.
+    fn erase_patient_key(
+        &mut self,
+        patient: &str,
+        erased_ms: i64,
+    ) -> Result<Option<ErasedRows>, StoreError>;
     /// Runs `f` in a nested savepoint: when it fails, only its own writes are rolled back.
     fn nested(
         &mut self,
@@ -289,6 +450,9 @@ pub trait Store: Send + Sync {
     /// Jobs submitted together share one commit (one fsync); each runs in its own savepoint,
     /// so a failing job rolls back only itself. Never call this from inside a job.
     fn write(&self, job: WriteJob) -> Result<(), RestError>;
+    /// Folds the write-ahead log into the database and empties it, so that no page image
+    /// older than the last commit survives in the log; true when it completed.
+    fn checkpoint_truncate(&self) -> Result<bool, StoreError>;
 }
 
 /// Runs a job in the writer and hands back the value it produced.

@@ -473,7 +473,7 @@ fn run_write(
                             rtype: entry.rtype.clone(),
                             id: id.clone(),
                         })?;
-                    let s = rest::open_record(keyring, &rec)?;
+                    let s = rest::open_record(tx, keyring, &rec)?;
                     serde_json::from_slice(&s.json)
                         .map_err(|e| RestError::Integrity(e.to_string()))?
                 }
@@ -749,7 +749,7 @@ fn run_transaction(
                             e.idx,
                             Written {
                                 created: false,
-                                stored: rest::open_record(keyring, rec)?,
+                                stored: rest::open_record(tx, keyring, rec)?,
                             },
                         );
                     }
@@ -824,8 +824,8 @@ fn run_transaction(
     for e in entries.iter_mut().filter(|e| e.method == Method::Post) {
         let o = if let Some(w) = existing.remove(&e.idx) {
             Outcome::Written(w)
-        } else if let Some((nv, stored)) = e.prepared.take() {
-            tx.put_version(&nv)
+        } else if let Some((mut nv, stored)) = e.prepared.take() {
+            rest::put_new_version(tx, keyring, &mut nv)
                 .map_err(|err| RestError::Conflict(format!("Bundle.entry[{}]: {err}", e.idx)))?;
             Outcome::Written(Written {
                 created: true,
@@ -837,9 +837,9 @@ fn run_transaction(
                 .resource
                 .take()
                 .ok_or_else(|| RestError::bad("missing resource"))?;
-            let (nv, stored) = rest::prepare(keyring, &e.rtype, &id, 1, now, res, "POST")
+            let (mut nv, stored) = rest::prepare(keyring, &e.rtype, &id, 1, now, res, "POST")
                 .map_err(|err| prefix_issues(e.idx, &e.rtype, err))?;
-            tx.put_version(&nv)
+            rest::put_new_version(tx, keyring, &mut nv)
                 .map_err(|err| RestError::Conflict(format!("Bundle.entry[{}]: {err}", e.idx)))?;
             Outcome::Written(Written {
                 created: true,

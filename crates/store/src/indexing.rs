@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::backend::{IndexRow, ParamId, ParamRef};
 use crate::fhirdefs;
+use crate::instant;
 
 /// How many leading characters of a normalised string get a prefix tag; longer prefixes in a
 /// search are matched on this many and then verified against the decrypted resource.
@@ -18,6 +19,16 @@ const MAX_TRIGRAMS: usize = 64;
 /// collide.
 #[derive(Debug, Clone, Copy)]
 pub enum TagKind {
+    /// A demographic date within this year (`1967`), at any precision.
+    DateYear,
+    /// A demographic date given to the year only.
+    DateYearOnly,
+    /// A demographic date within this month (`1967-04`), to month or day precision.
+    DateMonth,
+    /// A demographic date given to the month only.
+    DateMonthOnly,
+    /// A demographic date on this day (`1967-04-12`).
+    DateDay,
     /// Whole normalised string.
     StrEq,
     /// Normalised string prefix.
@@ -49,6 +60,11 @@ pub enum TagKind {
 impl TagKind {
     fn label(self) -> &'static str {
         match self {
+            TagKind::DateYear => "dy",
+            TagKind::DateYearOnly => "dY",
+            TagKind::DateMonth => "dm",
+            TagKind::DateMonthOnly => "dM",
+            TagKind::DateDay => "dd",
             TagKind::StrEq => "s=",
             TagKind::StrPrefix => "s^",
             TagKind::StrTrigram => "s3",
@@ -98,6 +114,107 @@ impl<'k> Blinder<'k> {
         self.domain.push_str(kind.label());
         self.keyring.blind(&self.domain, value.as_bytes())
     }
+}
+
+/// Date parameters whose values are demographic PHI (birth and death dates). They are indexed as
+/// blind tags at year, month and day granularity, never as comparable numbers; range searches
+/// enumerate the calendar units a range covers (see [`date_units_matching`]).
+pub fn is_demographic_date(rtype: &str, code: &str) -> bool {
+    matches!(
+        (rtype, code),
+        ("Patient", "birthdate")
+            | ("Patient", "death-date")
+            | ("RelatedPerson", "birthdate")
+            | ("Person", "birthdate")
+    )
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The calendar unit a stored `[start, end)` range is (by its length): a year, a month, or the
+/// UTC day of its start (date-times are indexed at day precision).
+fn calendar_unit(start: i64, end: i64) -> (i64, u32, u32, u8) {
+    let (y, m, d) = instant::civil_from_days(start.div_euclid(DAY_MS));
+    let span = end - start;
+    if span >= 365 * DAY_MS {
+        (y, 1, 1, 0)
+    } else if span >= 28 * DAY_MS {
+        (y, m, 1, 1)
+    } else {
+        (y, m, d, 2)
+    }
+}
+
+/// The blind-tag values of a demographic date.
+fn demographic_date_tags(start: i64, end: i64) -> Vec<(TagKind, String)> {
+    let (y, m, d, precision) = calendar_unit(start, end);
+    let year = format!("{y:04}");
+    let month = format!("{y:04}-{m:02}");
+    match precision {
+        0 => vec![
+            (TagKind::DateYear, year.clone()),
+            (TagKind::DateYearOnly, year),
+        ],
+        1 => vec![
+            (TagKind::DateYear, year),
+            (TagKind::DateMonth, month.clone()),
+            (TagKind::DateMonthOnly, month),
+        ],
+        _ => vec![
+            (TagKind::DateYear, year),
+            (TagKind::DateMonth, month.clone()),
+            (TagKind::DateDay, format!("{month}-{d:02}")),
+        ],
+    }
+}
+
+/// First and last year a demographic-date range search enumerates; values outside are found
+/// by equality only.
+pub const DEMOGRAPHIC_YEARS: (i64, i64) = (1850, 2150);
+
+/// The smallest set of tag values that selects exactly the stored demographic dates (years,
+/// months or days) whose `[lo, hi)` range satisfies `pred`: a whole year when every value in it
+/// does, else the year-only value and whole months, else single days.
+pub fn date_units_matching(pred: &dyn Fn(i64, i64) -> bool) -> Vec<(TagKind, String)> {
+    let ms = |y: i64, m: u32, d: u32| instant::days_from_civil(y, m, d) * DAY_MS;
+    let next_month = |y: i64, m: u32| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let mut out = Vec::new();
+    for y in DEMOGRAPHIC_YEARS.0..=DEMOGRAPHIC_YEARS.1 {
+        let year_ok = pred(ms(y, 1, 1), ms(y + 1, 1, 1));
+        let mut months = Vec::with_capacity(12);
+        let mut all = year_ok;
+        for m in 1..=12u32 {
+            let (ny, nm) = next_month(y, m);
+            let month_ok = pred(ms(y, m, 1), ms(ny, nm, 1));
+            let days: Vec<bool> = (1..=instant::days_in_month(y, m))
+                .map(|d| pred(ms(y, m, d), ms(y, m, d) + DAY_MS))
+                .collect();
+            all &= month_ok && days.iter().all(|x| *x);
+            months.push((m, month_ok, days));
+        }
+        if all {
+            out.push((TagKind::DateYear, format!("{y:04}")));
+            continue;
+        }
+        if year_ok {
+            out.push((TagKind::DateYearOnly, format!("{y:04}")));
+        }
+        for (m, month_ok, days) in months {
+            if month_ok && days.iter().all(|x| *x) {
+                out.push((TagKind::DateMonth, format!("{y:04}-{m:02}")));
+                continue;
+            }
+            if month_ok {
+                out.push((TagKind::DateMonthOnly, format!("{y:04}-{m:02}")));
+            }
+            for (i, ok) in days.iter().enumerate() {
+                if *ok {
+                    out.push((TagKind::DateDay, format!("{y:04}-{m:02}-{:02}", i + 1)));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Trigrams of a normalised string, deduplicated.
@@ -254,6 +371,11 @@ fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<Inde
             tid: id.unwrap_or_default(),
             url: url.unwrap_or_default(),
         }),
+        IndexValue::Date { start, end } if is_demographic_date(rtype, &e.param) => {
+            for (kind, v) in demographic_date_tags(start, end) {
+                rows.push(t(kind, &v));
+            }
+        }
         IndexValue::Date { start, end } => rows.push(IndexRow::Date {
             param,
             lo: start,
@@ -297,6 +419,37 @@ fn entry_rows(keyring: &Keyring, rtype: &str, e: IndexEntry, rows: &mut Vec<Inde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demographic_dates_become_year_month_day_tags_only() {
+        let (lo, hi) = instant::parse_range("1967-04-12").unwrap();
+        let tags: Vec<String> = demographic_date_tags(lo, hi)
+            .into_iter()
+            .map(|(k, v)| format!("{}{v}", k.label()))
+            .collect();
+        assert_eq!(tags, ["dy1967", "dm1967-04", "dd1967-04-12"]);
+        let (lo, hi) = instant::parse_range("1967").unwrap();
+        assert_eq!(demographic_date_tags(lo, hi).len(), 2);
+        // ge1967-04-12: the rest of April day by day, May..December whole, later years whole,
+        // and the month/year-only values that reach into the range.
+        let (qlo, _) = instant::parse_range("1967-04-12").unwrap();
+        let units = date_units_matching(&|_lo, hi| hi > qlo);
+        let labels: Vec<String> = units
+            .iter()
+            .map(|(k, v)| format!("{}{v}", k.label()))
+            .collect();
+        assert!(labels.contains(&"dY1967".to_string()));
+        assert!(labels.contains(&"dM1967-04".to_string()));
+        assert!(labels.contains(&"dd1967-04-12".to_string()));
+        assert!(!labels.contains(&"dd1967-04-11".to_string()));
+        assert!(labels.contains(&"dm1967-05".to_string()));
+        assert!(labels.contains(&"dy1968".to_string()));
+        assert!(
+            !labels
+                .iter()
+                .any(|l| l.starts_with("dy1966") || l.starts_with("dd1966"))
+        );
+    }
 
     #[test]
     fn prefixes_are_by_character_and_capped() {

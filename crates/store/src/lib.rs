@@ -24,6 +24,7 @@ mod bundle;
 pub mod error;
 pub mod indexing;
 pub mod instant;
+pub mod keys;
 mod patch;
 pub mod plan;
 pub mod rest;

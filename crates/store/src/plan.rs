@@ -51,6 +51,11 @@ pub enum Cond {
     LastUpdated(RangeCond),
     /// Has a row with this tag.
     Tag { param: ParamRef, tag: BlindTag },
+    /// Has a row with any of these tags (a demographic-date range: the calendar units it covers).
+    AnyTag {
+        param: ParamRef,
+        tags: Vec<BlindTag>,
+    },
     /// Has a row for every one of these tags (`:contains` trigrams).
     AllTags {
         param: ParamRef,

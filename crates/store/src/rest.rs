@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use carevault_crypto::Keyring;
+use carevault_crypto::{CryptoError, Keyring, PATIENT_KEY_FLAG, PatientKey, sealed_key_id};
 use serde_json::{Map, Value};
+use zeroize::Zeroizing;
 
-use crate::backend::{NewVersion, ReadTx, Store, Tx, VersionRecord, write_with};
+use crate::backend::{NewVersion, PatientKeyRow, ReadTx, Store, Tx, VersionRecord, write_with};
 use crate::error::RestError;
 use crate::write_audit::{AuditHook, RecordingTx};
 use crate::{fhirdefs, indexing, instant, search};
@@ -48,12 +49,71 @@ pub fn record_identity(rtype: &str, id: &str, version: u64) -> Vec<u8> {
     format!("{rtype}/{id}/_history/{version}").into_bytes()
 }
 
-/// Decrypts a stored version.
-pub fn open_record(keyring: &Keyring, rec: &VersionRecord) -> Result<Stored, RestError> {
-    let json = keyring.open(&record_identity(&rec.rtype, &rec.id, rec.version), &rec.sealed).map_err(|e| {
-        tracing::error!(rtype = %rec.rtype, id = %rec.id, version = rec.version, "stored record failed decryption");
-        RestError::Integrity(e.to_string())
-    })?;
+/// Record identity a per-patient key is sealed to (under a data key).
+pub fn patient_key_identity(patient: &str) -> Vec<u8> {
+    format!("patient-key/{patient}").into_bytes()
+}
+
+/// Opens a sealed value through a read transaction: under a data key of the keyring, or under
+/// the per-patient key the header names (looked up in the same snapshot).
+pub fn open_sealed(
+    tx: &mut dyn ReadTx,
+    keyring: &Keyring,
+    identity: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    match sealed_key_id(sealed) {
+        Some(id) if id & PATIENT_KEY_FLAG != 0 => {
+            let key = match tx.patient_key_row(id & !PATIENT_KEY_FLAG) {
+                Ok(PatientKeyRow::Live { patient, wrapped }) => {
+                    let material =
+                        Zeroizing::new(keyring.open(&patient_key_identity(&patient), &wrapped)?);
+                    PatientKey::new(id & !PATIENT_KEY_FLAG, &material)?
+                }
+                Ok(PatientKeyRow::Destroyed) => {
+                    return Err(CryptoError::KeyDestroyed {
+                        record: String::from_utf8_lossy(identity).into_owned(),
+                        key_id: id,
+                    });
+                }
+                Ok(PatientKeyRow::Unknown) | Err(_) => {
+                    return Err(CryptoError::Integrity {
+                        record: String::from_utf8_lossy(identity).into_owned(),
+                        reason: "unknown patient key",
+                    });
+                }
+            };
+            key.open(identity, sealed)
+        }
+        _ => keyring.open(identity, sealed),
+    }
+}
+
+/// Decrypts a stored version. A version whose patient key was destroyed answers 410 Gone; one
+/// that fails its integrity check answers 500 and is logged without content.
+pub fn open_record(
+    tx: &mut dyn ReadTx,
+    keyring: &Keyring,
+    rec: &VersionRecord,
+) -> Result<Stored, RestError> {
+    let identity = record_identity(&rec.rtype, &rec.id, rec.version);
+    let json = match open_sealed(tx, keyring, &identity, &rec.sealed) {
+        Ok(json) => json,
+        Err(CryptoError::KeyDestroyed { .. }) => {
+            return Err(RestError::Gone {
+                rtype: rec.rtype.clone(),
+                id: rec.id.clone(),
+                version: rec.version,
+                last_updated_ms: rec.last_updated_ms,
+            });
+        }
+        Err(e) => {
+            // No content, no PHI: the resource type, its server id and version (the store row).
+            tracing::error!(rtype = %rec.rtype, id = %rec.id, version = rec.version, store_key = rec.key.0, "stored record failed its integrity check");
+            // The request's AuditEvent becomes an IntegrityError (server::fhir marks its note).
+            return Err(RestError::Integrity(e.to_string()));
+        }
+    };
     Ok(Stored {
         rtype: rec.rtype.clone(),
         id: rec.id.clone(),
@@ -61,6 +121,43 @@ pub fn open_record(keyring: &Keyring, rec: &VersionRecord) -> Result<Stored, Res
         last_updated_ms: rec.last_updated_ms,
         json,
     })
+}
+
+/// The patient's key, created (and stored, sealed under the current data key) when it does not
+/// exist yet — in the caller's write transaction, so it commits with the first record it seals.
+pub fn patient_key_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    patient: &str,
+) -> Result<PatientKey, RestError> {
+    if let Some((row, wrapped)) = tx.patient_key(patient)? {
+        let material = Zeroizing::new(keyring.open(&patient_key_identity(patient), &wrapped)?);
+        return Ok(PatientKey::new(row, &material)?);
+    }
+    let material = Keyring::generate_key_material()?;
+    let wrapped = keyring.seal(&patient_key_identity(patient), &material[..])?;
+    let row = tx.insert_patient_key(patient, &wrapped, instant::now_ms())?;
+    Ok(PatientKey::new(row, &material[..])?)
+}
+
+/// Writes a prepared version, first sealing it under its patient's key when it waits for one.
+pub fn put_new_version(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    nv: &mut NewVersion,
+) -> Result<(), RestError> {
+    if let (Some(plain), Some(owner)) = (nv.pending.take(), nv.owner.clone()) {
+        let key = patient_key_in_tx(tx, keyring, &owner)?;
+        nv.sealed = key.seal(&record_identity(&nv.rtype, &nv.id, nv.version), &plain)?;
+    }
+    Ok(tx.put_version(nv)?)
+}
+
+/// The one patient whose compartment holds `resource` (its own id for a Patient), if exactly
+/// one: that patient's key seals it. Resources in no or several compartments use the data key.
+pub fn key_owner(rtype: &str, resource: &Value) -> Option<String> {
+    let mut refs = carevault_fhir::patient_compartment_refs(rtype, resource);
+    if refs.len() == 1 { refs.pop() } else { None }
 }
 
 /// A new server-assigned id.
@@ -142,7 +239,15 @@ pub fn prepare(
     let json = serde_json::to_vec(&resource)
         .map_err(|e| RestError::Store(format!("serialising failed: {e}")))?;
     let index = indexing::index_rows(keyring, rtype, &resource);
-    let sealed = keyring.seal(&record_identity(rtype, id, version), &json)?;
+    let owner = key_owner(rtype, &resource);
+    // A patient's key may have to be created, which only the write transaction can do.
+    let (sealed, pending) = match owner {
+        Some(_) => (Vec::new(), Some(json.clone())),
+        None => (
+            keyring.seal(&record_identity(rtype, id, version), &json)?,
+            None,
+        ),
+    };
     let nv = NewVersion {
         rtype: rtype.to_owned(),
         id: id.to_owned(),
@@ -152,6 +257,8 @@ pub fn prepare(
         method,
         sealed,
         index,
+        owner,
+        pending,
     };
     Ok((
         nv,
@@ -202,7 +309,7 @@ pub fn put_in_tx(
     )?;
     let version = cur.as_ref().map_or(1, |c| c.version + 1);
     let created = cur.as_ref().is_none_or(|c| c.deleted);
-    let (nv, stored) = prepare(
+    let (mut nv, stored) = prepare(
         keyring,
         rtype,
         id,
@@ -211,7 +318,7 @@ pub fn put_in_tx(
         resource,
         method,
     )?;
-    tx.put_version(&nv)?;
+    put_new_version(tx, keyring, &mut nv)?;
     Ok(Written { created, stored })
 }
 
@@ -233,6 +340,8 @@ pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64
         method: "DELETE",
         sealed: Vec::new(),
         index: Vec::new(),
+        owner: None,
+        pending: None,
     };
     tx.put_version(&nv)?;
     Ok(Some(nv.version))
@@ -302,7 +411,7 @@ pub fn read_in(
             version: rec.version,
             last_updated_ms: rec.last_updated_ms,
         }),
-        Some(rec) => open_record(keyring, &rec),
+        Some(rec) => open_record(r, keyring, &rec),
     }
 }
 
@@ -325,7 +434,7 @@ pub fn create_in_tx(
                     .ok_or_else(|| RestError::Store("a matching resource vanished".into()))?;
                 return Ok(Written {
                     created: false,
-                    stored: open_record(keyring, rec)?,
+                    stored: open_record(tx, keyring, rec)?,
                 });
             }
             n => {
@@ -337,8 +446,8 @@ pub fn create_in_tx(
     }
     check_references(tx, &resource, &Default::default())?;
     let id = new_id();
-    let (nv, stored) = prepare(keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
-    tx.put_version(&nv)?;
+    let (mut nv, stored) = prepare(keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
+    put_new_version(tx, keyring, &mut nv)?;
     Ok(Written {
         created: true,
         stored,
@@ -403,11 +512,8 @@ impl Rest {
             id: id.to_owned(),
         };
         let v: u64 = version.parse().map_err(|_| not_found())?;
-        let rec = self
-            .store
-            .reader()?
-            .version(rtype, id, v)?
-            .ok_or_else(not_found)?;
+        let mut reader = self.store.reader()?;
+        let rec = reader.version(rtype, id, v)?.ok_or_else(not_found)?;
         if rec.deleted {
             return Err(RestError::Gone {
                 rtype: rtype.to_owned(),
@@ -416,7 +522,7 @@ impl Rest {
                 last_updated_ms: rec.last_updated_ms,
             });
         }
-        open_record(self.store.keyring(), &rec)
+        open_record(&mut *reader, self.store.keyring(), &rec)
     }
 
     /// Creates a resource with a server-assigned id; with `if_none_exist`, a conditional create.
@@ -433,8 +539,9 @@ impl Rest {
             let id = new_id();
             let mut refs = Vec::new();
             literal_refs(&resource, &mut refs);
-            let (nv, stored) =
+            let (mut nv, stored) =
                 prepare(&keyring, rtype, &id, 1, instant::now_ms(), resource, "POST")?;
+            let job_keyring = keyring.clone();
             self.write(move |tx| {
                 for (t, rid) in refs {
                     if tx.current(&t, &rid)?.is_none_or(|c| c.deleted) {
@@ -446,7 +553,7 @@ impl Rest {
                         });
                     }
                 }
-                tx.put_version(&nv)?;
+                put_new_version(tx, &job_keyring, &mut nv)?;
                 Ok(())
             })?;
             return Ok(Written {
@@ -652,7 +759,7 @@ pub fn patch_in_tx(
         &patched,
         &std::iter::once(format!("{rtype}/{id}")).collect(),
     )?;
-    let (nv, stored) = prepare(
+    let (mut nv, stored) = prepare(
         keyring,
         rtype,
         id,
@@ -661,7 +768,7 @@ pub fn patch_in_tx(
         patched,
         "PATCH",
     )?;
-    tx.put_version(&nv)?;
+    put_new_version(tx, keyring, &mut nv)?;
     Ok(Written {
         created: false,
         stored,

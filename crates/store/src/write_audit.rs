@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::audit_log::AuditAppend;
 use crate::backend::{
-    AuditQuery, AuditRow, AuditStored, HistoryScope, IndexRow, NativeSort, NewVersion, ParamId,
-    ParamRef, ReadTx, ResKey, Tx, VersionRecord,
+    AuditQuery, AuditRow, AuditStored, ErasedRows, HistoryScope, IndexRow, KeyUsage, NativeSort,
+    NewVersion, ParamId, ParamRef, PatientKeyRow, ReadTx, ResKey, RotationCursor, SealedRow,
+    SealedTable, Tx, VersionRecord,
 };
 use crate::error::{RestError, StoreError};
 use crate::fhirdefs;
@@ -155,6 +156,27 @@ impl ReadTx for RecordingTx<'_> {
     fn list_system_records(&mut self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.inner.list_system_records(kind)
     }
+    fn patient_key(&mut self, patient: &str) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        self.inner.patient_key(patient)
+    }
+    fn patient_key_row(&mut self, row: u32) -> Result<PatientKeyRow, StoreError> {
+        self.inner.patient_key_row(row)
+    }
+    fn sealed_batch(
+        &mut self,
+        table: &SealedTable,
+        after: i64,
+        limit: usize,
+        keep: u32,
+    ) -> Result<Vec<SealedRow>, StoreError> {
+        self.inner.sealed_batch(table, after, limit, keep)
+    }
+    fn key_usage(&mut self) -> Result<Vec<KeyUsage>, StoreError> {
+        self.inner.key_usage()
+    }
+    fn rotation_state(&mut self) -> Result<Vec<RotationCursor>, StoreError> {
+        self.inner.rotation_state()
+    }
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.inner.audit_head()
     }
@@ -198,6 +220,36 @@ impl Tx for RecordingTx<'_> {
     }
     fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
         self.inner.delete_system_record(kind, key)
+    }
+    fn insert_patient_key(
+        &mut self,
+        patient: &str,
+        wrapped: &[u8],
+        created_ms: i64,
+    ) -> Result<u32, StoreError> {
+        self.inner.insert_patient_key(patient, wrapped, created_ms)
+    }
+    fn reseal(
+        &mut self,
+        table: &SealedTable,
+        key: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.inner.reseal(table, key, old, new)
+    }
+    fn put_rotation_cursor(&mut self, cursor: &RotationCursor) -> Result<(), StoreError> {
+        self.inner.put_rotation_cursor(cursor)
+    }
+    fn clear_rotation(&mut self) -> Result<(), StoreError> {
+        self.inner.clear_rotation()
+    }
+    fn erase_patient_key(
+        &mut self,
+        patient: &str,
+        erased_ms: i64,
+    ) -> Result<Option<ErasedRows>, StoreError> {
+        self.inner.erase_patient_key(patient, erased_ms)
     }
     fn nested(
         &mut self,

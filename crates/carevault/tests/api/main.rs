@@ -7,6 +7,7 @@ mod audit;
 mod client_library;
 mod durability;
 mod import;
+mod keys;
 mod lifecycle;
 mod rejections;
 mod rest;

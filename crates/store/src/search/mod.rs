@@ -351,7 +351,7 @@ pub fn matching_keys(
     let recs = r.load(&keys)?;
     let mut out = Vec::new();
     for rec in recs {
-        let stored = open_record(keyring, &rec)?;
+        let stored = open_record(r, keyring, &rec)?;
         let v = parse_json(&stored)?;
         if c.verifiers.iter().all(|ver| verify(rtype, &v, ver)) {
             out.push(rec.key);
@@ -474,7 +474,7 @@ pub fn run(
                 };
                 let mut page = Vec::with_capacity(keys.len());
                 for rec in r.load(&keys)? {
-                    let s = open_record(keyring, &rec)?;
+                    let s = open_record(r, keyring, &rec)?;
                     let v = parse_json(&s)?;
                     page.push((rec.key, s, v));
                 }
@@ -490,7 +490,7 @@ pub fn run(
             }
             let mut all = Vec::with_capacity(keys.len());
             for rec in r.load(&keys)? {
-                let s = open_record(keyring, &rec)?;
+                let s = open_record(r, keyring, &rec)?;
                 let v = parse_json(&s)?;
                 if c.verifiers.iter().all(|ver| verify(req.rtype, &v, ver)) {
                     all.push((rec.key, s, v));
@@ -595,14 +595,15 @@ fn include_level(
     seen: &mut HashSet<(String, String)>,
 ) -> Result<Vec<Hit>, RestError> {
     let mut found: Vec<Hit> = Vec::new();
-    let push = |rec: VersionRecord,
+    let push = |r: &mut dyn ReadTx,
+                rec: VersionRecord,
                 seen: &mut HashSet<(String, String)>,
                 found: &mut Vec<_>|
      -> Result<(), RestError> {
         if rec.deleted || !seen.insert((rec.rtype.clone(), rec.id.clone())) {
             return Ok(());
         }
-        let s = open_record(keyring, &rec)?;
+        let s = open_record(r, keyring, &rec)?;
         let v = parse_json(&s)?;
         found.push((rec.key, s, v));
         Ok(())
@@ -627,7 +628,7 @@ fn include_level(
                     continue;
                 }
                 if let Some(rec) = r.current(&tt, &tid)? {
-                    push(rec, seen, &mut found)?;
+                    push(r, rec, seen, &mut found)?;
                 }
             }
         }
@@ -649,7 +650,7 @@ fn include_level(
         for code in codes {
             let keys = r.refs_to(&ParamRef::new(&inc.source, &code), &targets)?;
             for rec in r.load(&keys)? {
-                push(rec, seen, &mut found)?;
+                push(r, rec, seen, &mut found)?;
             }
         }
     }
@@ -848,7 +849,7 @@ pub fn history(
             _ => ("200 OK", format!("{}/{}", rec.rtype, rec.id)),
         };
         if !rec.deleted {
-            let s = open_record(keyring, &rec)?;
+            let s = open_record(r, keyring, &rec)?;
             e.insert("resource".into(), parse_json(&s)?);
         }
         let method = if rec.method == "PATCH" {

@@ -247,7 +247,9 @@ pub fn parse_param(
     };
     let param = ParamRef::new(rtype, code);
     if modifier == Some("missing") {
-        let Some(kind) = kind_of(sp.kind) else {
+        let demographic = indexing::is_demographic_date(rtype, code);
+        let Some(kind) = kind_of(sp.kind).map(|k| if demographic { IndexKind::Tag } else { k })
+        else {
             return Ok(Parsed::Unsupported(format!("':missing' on '{code}'")));
         };
         let missing = match value {
@@ -417,6 +419,30 @@ pub fn parse_param(
                 conds.push(cond);
             }
             Ok(Parsed::Clause(conds, None))
+        }
+        SearchParamType::Date if indexing::is_demographic_date(rtype, code) => {
+            if let Some(m) = modifier {
+                return Ok(Parsed::Unsupported(format!("modifier ':{m}' on '{code}'")));
+            }
+            // Blind tags only: the calendar units the range covers, enumerated here.
+            let mut tags = Vec::new();
+            for v in &values {
+                let range = date_range(name, v)?;
+                let holds = |lo: i64, hi: i64| {
+                    let (lo, hi) = (lo as f64, hi as f64);
+                    let all = range.bounds.iter().all(|b| match *b {
+                        Bound::LoLt(x) => lo < x,
+                        Bound::LoGe(x) => lo >= x,
+                        Bound::HiGt(x) => hi > x,
+                        Bound::HiLe(x) => hi <= x,
+                    });
+                    all != range.negate
+                };
+                for (kind, unit) in indexing::date_units_matching(&holds) {
+                    tags.push(t(kind, &unit));
+                }
+            }
+            Ok(Parsed::Clause(vec![Cond::AnyTag { param, tags }], None))
         }
         SearchParamType::Date => {
             if let Some(m) = modifier {

@@ -3,7 +3,7 @@
 //! connections that never wait for the writer.
 
 mod query;
-mod schema;
+pub(crate) mod schema;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -272,6 +272,23 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        // Readers of other processes may pin old frames for a moment: retry for a few seconds.
+        for _ in 0..50 {
+            let (busy, log, done): (i64, i64, i64) =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if busy == 0 && log <= 0 && done <= 0 {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(false)
+    }
+
     fn write(&self, job: WriteJob) -> Result<(), RestError> {
         let (send, recv) = std::sync::mpsc::sync_channel(1);
         lock(&self.jobs)
@@ -293,7 +310,8 @@ macro_rules! delegate_read {
 }
 
 use crate::backend::{
-    AuditQuery, AuditStored, HistoryScope, NativeSort, ParamRef, ResKey, VersionRecord,
+    AuditQuery, AuditStored, HistoryScope, KeyUsage, NativeSort, ParamRef, PatientKeyRow, ResKey,
+    RotationCursor, SealedRow, SealedTable, VersionRecord,
 };
 use crate::plan::Plan;
 
@@ -309,6 +327,11 @@ delegate_read! {
     history_count(scope: HistoryScope<'_>, since_ms: Option<i64>) -> usize;
     get_system_record(kind: &str, key: &str) -> Option<Vec<u8>>;
     list_system_records(kind: &str) -> Vec<(String, Vec<u8>)>;
+    patient_key(patient: &str) -> Option<(u32, Vec<u8>)>;
+    patient_key_row(row: u32) -> PatientKeyRow;
+    sealed_batch(table: &SealedTable, after: i64, limit: usize, keep: u32) -> Vec<SealedRow>;
+    key_usage() -> Vec<KeyUsage>;
+    rotation_state() -> Vec<RotationCursor>;
     audit_head() -> Option<(u64, [u8; 32])>;
     audit_node(level: u32, index: u64) -> Option<[u8; 32]>;
     audit_entries(after: u64, limit: usize) -> Vec<AuditStored>;

@@ -5,8 +5,9 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::backend::{
-    AuditQuery, AuditRow, AuditStored, HistoryScope, IndexRow, NativeSort, NewVersion, ParamRef,
-    ReadTx, ResKey, Tx, VersionRecord,
+    AuditQuery, AuditRow, AuditStored, ErasedRows, HistoryScope, IndexRow, KeyUsage, NativeSort,
+    NewVersion, ParamRef, PatientKeyRow, ReadTx, ResKey, RotationCursor, SEALED_TABLES, SealedRow,
+    SealedTable, Tx, VersionRecord,
 };
 use crate::error::{RestError, StoreError};
 use crate::plan::{Bound, Cond, IndexKind, Plan, RangeCond};
@@ -253,6 +254,129 @@ impl ReadTx for SqlTx<'_> {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    fn patient_key(&mut self, patient: &str) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pkid, wrapped FROM patient_key WHERE patient = ?1")?;
+        Ok(st
+            .query_row([patient], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn patient_key_row(&mut self, row: u32) -> Result<PatientKeyRow, StoreError> {
+        let live = self
+            .conn
+            .prepare_cached("SELECT patient, wrapped FROM patient_key WHERE pkid = ?1")?
+            .query_row([i64::from(row)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((patient, wrapped)) = live {
+            return Ok(PatientKeyRow::Live { patient, wrapped });
+        }
+        let gone = self
+            .conn
+            .prepare_cached("SELECT 1 FROM patient_key_erased WHERE pkid = ?1")?
+            .query_row([i64::from(row)], |_| Ok(()))
+            .optional()?;
+        Ok(if gone.is_some() {
+            PatientKeyRow::Destroyed
+        } else {
+            PatientKeyRow::Unknown
+        })
+    }
+
+    fn sealed_batch(
+        &mut self,
+        table: &SealedTable,
+        after: i64,
+        limit: usize,
+        keep: u32,
+    ) -> Result<Vec<SealedRow>, StoreError> {
+        // Header: version byte, then the key id big-endian; patient key ids have the top bit set.
+        let sql = format!(
+            "SELECT {key}, {identity}, {body} FROM {name} WHERE {key} > ?1 AND length({body}) > 0 \
+             AND substr({body}, 2, 4) <> ?2 AND substr({body}, 2, 1) < X'80' ORDER BY {key} LIMIT ?3",
+            key = table.key,
+            identity = table.identity,
+            body = table.body,
+            name = table.name
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(
+            params![
+                after,
+                keep.to_be_bytes().to_vec(),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok(SealedRow {
+                    key: r.get(0)?,
+                    identity: r.get(1)?,
+                    sealed: r.get(2)?,
+                })
+            },
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    fn key_usage(&mut self) -> Result<Vec<KeyUsage>, StoreError> {
+        let mut out = Vec::new();
+        let key_of = |b: Vec<u8>| -> u32 {
+            let mut k = [0u8; 4];
+            if b.len() == 4 {
+                k.copy_from_slice(&b);
+            }
+            u32::from_be_bytes(k)
+        };
+        for t in SEALED_TABLES {
+            let sql = if t.name == "ver" {
+                "SELECT substr(v.body, 2, 4), count(*), sum(v.version = r.version) FROM ver v \
+                 JOIN res r ON r.rid = v.rid WHERE length(v.body) > 0 GROUP BY 1"
+                    .to_owned()
+            } else {
+                format!(
+                    "SELECT substr({b}, 2, 4), count(*), count(*) FROM {n} WHERE length({b}) > 0 GROUP BY 1",
+                    b = t.body,
+                    n = t.name
+                )
+            };
+            let mut st = self.conn.prepare_cached(&sql)?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for r in rows {
+                let (k, n, cur) = r?;
+                out.push(KeyUsage {
+                    table: t.name,
+                    key_id: key_of(k),
+                    rows: n as u64,
+                    current: cur as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn rotation_state(&mut self) -> Result<Vec<RotationCursor>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT tbl, target_key, cursor, started, total, done FROM key_rotation ORDER BY tbl",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(RotationCursor {
+                table: r.get(0)?,
+                target_key: r.get::<_, i64>(1)? as u32,
+                cursor: r.get(2)?,
+                started_ms: r.get(3)?,
+                total: r.get::<_, i64>(4)? as u64,
+                done: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let mut st = self
             .conn
@@ -377,6 +501,12 @@ fn history_filter(scope: HistoryScope<'_>, since_ms: Option<i64>) -> (String, Ve
 
 impl Tx for SqlTx<'_> {
     fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError> {
+        if v.pending.is_some() || (!v.deleted && v.sealed.is_empty()) {
+            return Err(StoreError::Backend(format!(
+                "{}/{} version {} was not sealed before being written",
+                v.rtype, v.id, v.version
+            )));
+        }
         let conn = self.conn;
         let deleted = i64::from(v.deleted);
         // The tag rows' keys, kept with the resource so an update can delete exactly them:
@@ -540,6 +670,159 @@ impl Tx for SqlTx<'_> {
         result
     }
 
+    fn insert_patient_key(
+        &mut self,
+        patient: &str,
+        wrapped: &[u8],
+        created_ms: i64,
+    ) -> Result<u32, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO patient_key (patient, wrapped, created) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![patient, wrapped, created_ms])?;
+        u32::try_from(self.conn.last_insert_rowid())
+            .ok()
+            .filter(|r| r & carevault_crypto::PATIENT_KEY_FLAG == 0)
+            .ok_or_else(|| StoreError::Backend("the patient key table is full".into()))
+    }
+
+    fn reseal(
+        &mut self,
+        table: &SealedTable,
+        key: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {name} SET {body} = ?1 WHERE {k} = ?2 AND {body} = ?3",
+            name = table.name,
+            body = table.body,
+            k = table.key
+        );
+        let n = self
+            .conn
+            .prepare_cached(&sql)?
+            .execute(params![new, key, old])?;
+        Ok(n == 1)
+    }
+
+    fn put_rotation_cursor(&mut self, c: &RotationCursor) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO key_rotation (tbl, target_key, cursor, started, total, done) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                c.table,
+                i64::from(c.target_key),
+                c.cursor,
+                c.started_ms,
+                c.total as i64,
+                c.done as i64
+            ])?;
+        Ok(())
+    }
+
+    fn clear_rotation(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM key_rotation", [])?;
+        Ok(())
+    }
+
+    fn erase_patient_key(
+        &mut self,
+        patient: &str,
+        erased_ms: i64,
+    ) -> Result<Option<ErasedRows>, StoreError> {
+        let Some((row, _)) = ReadTx::patient_key(self, patient)? else {
+            return Ok(None);
+        };
+        let conn = self.conn;
+        let key_id = (row | carevault_crypto::PATIENT_KEY_FLAG)
+            .to_be_bytes()
+            .to_vec();
+        // Every version sealed under the key, and whether it is its resource's current one.
+        let mut st = conn.prepare(
+            "SELECT v.seq, v.rid, v.version = r.version FROM ver v JOIN res r ON r.rid = v.rid \
+             WHERE length(v.body) > 0 AND substr(v.body, 2, 4) = ?1",
+        )?;
+        let hits: Vec<(i64, i64, bool)> = st
+            .query_map([key_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        let mut resources = 0u64;
+        for (seq, rid, current) in &hits {
+            conn.prepare_cached("UPDATE ver SET body = X'', deleted = 1 WHERE seq = ?1")?
+                .execute([seq])?;
+            if *current {
+                resources += 1;
+                let tag_keys: Vec<u8> = conn
+                    .prepare_cached("SELECT tag_keys FROM res WHERE rid = ?1")?
+                    .query_row([rid], |r| r.get(0))?;
+                let mut del = conn.prepare_cached(
+                    "DELETE FROM ix_tag WHERE pid = ?1 AND tag = ?2 AND rid = ?3",
+                )?;
+                for key in tag_keys.chunks_exact(16) {
+                    let (mut p, mut t) = ([0u8; 8], [0u8; 8]);
+                    p.copy_from_slice(&key[..8]);
+                    t.copy_from_slice(&key[8..]);
+                    del.execute(params![i64::from_be_bytes(p), i64::from_be_bytes(t), rid])?;
+                }
+                for table in ["ix_ref", "ix_date", "ix_num", "ix_qty"] {
+                    conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?
+                        .execute([rid])?;
+                }
+                conn.prepare_cached("UPDATE res SET deleted = 1, tag_keys = X'' WHERE rid = ?1")?
+                    .execute([rid])?;
+            }
+        }
+        // The key row goes with secure_delete on, and so does the whole table it lived in:
+        // earlier updates (re-wraps by rotations) and page splits leave stale copies of cells in
+        // a page's free space, which a row delete does not reach. Copying the live rows into a
+        // fresh table and dropping the old one with secure_delete on zeroes every page it had;
+        // the caller then checkpoints the log so no older page image survives there either.
+        conn.execute_batch("PRAGMA secure_delete=ON;")?;
+        let rebuilt = (|| -> Result<(), StoreError> {
+            conn.prepare_cached("DELETE FROM patient_key WHERE pkid = ?1")?
+                .execute([i64::from(row)])?;
+            let seq: i64 = conn.query_row(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'patient_key'",
+                [],
+                |r| r.get(0),
+            )?;
+            conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS patient_key_rebuild; {ddl}
+                 INSERT INTO patient_key_rebuild SELECT pkid, patient, wrapped, created FROM patient_key;
+                 DROP TABLE patient_key;
+                 ALTER TABLE patient_key_rebuild RENAME TO patient_key;",
+                ddl = super::schema::patient_key_ddl("patient_key_rebuild")
+            ))?;
+            let seq = seq.max(i64::from(row));
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'patient_key'",
+                [seq],
+            )?;
+            if conn.changes() == 0 {
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('patient_key', ?1)",
+                    [seq],
+                )?;
+            }
+            Ok(())
+        })();
+        conn.execute_batch("PRAGMA secure_delete=OFF;")?;
+        rebuilt?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO patient_key_erased (pkid, patient, erased) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![i64::from(row), patient, erased_ms])?;
+        Ok(Some(ErasedRows {
+            key_row: row,
+            resources,
+            versions: hits.len() as u64,
+        }))
+    }
+
     fn delete_system_record(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
         let n = self
             .conn
@@ -633,6 +916,23 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
             args.push(Sql::Integer(pid(param)));
             args.push(Sql::Integer(tag_int(tag)));
             "SELECT rid FROM ix_tag WHERE pid = ? AND tag = ?".into()
+        }
+        Cond::AnyTag { param, tags } => {
+            if tags.is_empty() {
+                return "SELECT rid FROM res WHERE 0".into();
+            }
+            args.push(Sql::Integer(pid(param)));
+            let qs: Vec<&str> = tags
+                .iter()
+                .map(|t| {
+                    args.push(Sql::Integer(tag_int(t)));
+                    "?"
+                })
+                .collect();
+            format!(
+                "SELECT rid FROM ix_tag WHERE pid = ? AND tag IN ({})",
+                qs.join(",")
+            )
         }
         Cond::AllTags { param, tags } => {
             if tags.is_empty() {

@@ -76,6 +76,30 @@ CREATE TABLE IF NOT EXISTS system_record (
 );
 "#;
 
+/// Encryption at rest (issue 5): per-patient keys for crypto-shredding, the record of destroyed
+/// ones, and the durable cursor of a data-key rotation.
+const KEYS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patient_key_erased (
+    pkid INTEGER PRIMARY KEY, patient TEXT NOT NULL, erased INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_rotation (
+    tbl TEXT PRIMARY KEY, target_key INTEGER NOT NULL, cursor INTEGER NOT NULL,
+    started INTEGER NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL
+);
+"#;
+
+/// The per-patient key table, under `name` (an erasure rebuilds it under a temporary name).
+pub(crate) fn patient_key_ddl(name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (
+    pkid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a destroyed key's id stays destroyed
+    patient TEXT NOT NULL UNIQUE,             -- the Patient's server-assigned id
+    wrapped BLOB NOT NULL,                    -- the key sealed under a data key ('patient-key/<id>')
+    created INTEGER NOT NULL
+);"
+    )
+}
+
 /// Creates the schema when missing; refuses a file written by a newer carevault.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -102,6 +126,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     conn.execute_batch(SCHEMA)?;
+    // Version 2 stores gain the key tables in place (3 only adds tables).
+    conn.execute_batch(KEYS_SCHEMA)?;
+    conn.execute_batch(&patient_key_ddl("patient_key"))?;
     conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))?;
     Ok(())
 }
