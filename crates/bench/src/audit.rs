@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use carevault_audit::event::{self, AuditRecord, EventKind, Outcome, RestInteraction};
+use carevault_audit::event::{AuditRecord, EventKind, Outcome, RestInteraction};
 use carevault_crypto::Keyring;
 use carevault_server::audit_api::{ReportSubject, render_report, report_events};
 use carevault_store::Store;
-use carevault_store::audit_log::{self, AuditAppend, AuditKey};
+use carevault_store::audit_log::{self, AuditAppend};
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -285,31 +285,6 @@ fn patient_id(i: u64) -> String {
     format!("5e1c0a4d-7b2f-4c1e-9a3b-{i:012}")
 }
 
-/// The entry a record becomes, with the keys `carevault_server::audit::to_append` derives.
-fn to_append(r: &AuditRecord) -> AuditAppend {
-    let mut keys: Vec<AuditKey> = r.patients.iter().cloned().map(AuditKey::Patient).collect();
-    for res in &r.resources {
-        let base = res
-            .split_once("/_history/")
-            .map_or(res.as_str(), |(b, _)| b);
-        keys.push(AuditKey::Entity(base.to_owned()));
-    }
-    if let Some(u) = &r.user {
-        keys.push(AuditKey::User(u.name.clone()));
-        if let Some(reference) = &u.reference {
-            keys.push(AuditKey::Agent(reference.clone()));
-        }
-    }
-    if let Some(c) = &r.client {
-        keys.push(AuditKey::Client(c.clone()));
-    }
-    AuditAppend {
-        recorded_ms: r.recorded_ms,
-        canonical: event::canonical_bytes(r),
-        keys,
-    }
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -324,7 +299,7 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
     let keyring = Arc::new(Keyring::from_data_key(1, &[0x5a; 32]).context("keyring")?);
     let store = carevault_store::open_sqlite(&dir.join("append.db"), keyring)
         .context("cannot open the scratch store")?;
-    let sample = to_append(&read_record(1, now_ms()));
+    let sample = carevault_server::audit::to_append(&read_record(1, now_ms()));
     let canonical_bytes = sample.canonical.len();
 
     // Small groups: 16 threads, one entry per durable call.
@@ -401,7 +376,7 @@ fn append_run(
                     }
                     let now = now_ms();
                     let batch: Vec<AuditAppend> = (first..first + per_call as u64)
-                        .map(|n| to_append(&read_record(n, now)))
+                        .map(|n| carevault_server::audit::to_append(&read_record(n, now)))
                         .collect();
                     match audit_log::append_durably(&**store, batch) {
                         Ok(seqs) => {
@@ -539,7 +514,7 @@ async fn large_log(
                     let entries: Vec<AuditAppend> = (first..last)
                         .map(|n| {
                             let ms = t_start + (span_ms as u128 * n as u128 / target as u128) as i64;
-                            to_append(&read_record(n, ms))
+                            carevault_server::audit::to_append(&read_record(n, ms))
                         })
                         .collect();
                     match audit_log::append_durably(&*store, entries) {
@@ -970,12 +945,14 @@ mod tests {
 
     #[test]
     fn generated_events_look_like_server_reads() {
-        let a = to_append(&read_record(12_345, 1_700_000_000_000));
+        let a = carevault_server::audit::to_append(&read_record(12_345, 1_700_000_000_000));
         assert!(a.canonical.len() > 1000, "{}", a.canonical.len());
         let v: Value = serde_json::from_slice(&a.canonical).unwrap();
         assert_eq!(v["resourceType"], "AuditEvent");
         assert_eq!(a.keys.len(), 3);
-        assert!(matches!(&a.keys[0], AuditKey::Patient(p) if p.starts_with("Patient/")));
+        assert!(
+            matches!(&a.keys[0], carevault_store::audit_log::AuditKey::Patient(p) if p.starts_with("Patient/"))
+        );
     }
 
     #[test]

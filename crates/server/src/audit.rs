@@ -352,8 +352,9 @@ impl Trail {
     }
 }
 
-/// The entry a record becomes: canonical bytes and the keys it is found by.
-pub(crate) fn to_append(r: &AuditRecord) -> AuditAppend {
+/// The entry a record becomes: canonical bytes and the keys it is found by (patients, entities
+/// without version, user and linked reference, client).
+pub fn to_append(r: &AuditRecord) -> AuditAppend {
     let mut keys: Vec<AuditKey> = r.patients.iter().cloned().map(AuditKey::Patient).collect();
     for res in &r.resources {
         let base = match res.split_once("/_history/") {
