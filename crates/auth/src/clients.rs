@@ -48,6 +48,15 @@ pub enum AuthError {
     /// A requested scope is not among the client's.
     #[error("scope {0:?} is not granted to this client")]
     ScopeNotAllowed(String),
+    /// A redirect URI that is not https (or http on a loopback host), or not absolute.
+    #[error("invalid redirect URI: {0}")]
+    RedirectUri(String),
+    /// A JWK set that is not usable for `private_key_jwt`.
+    #[error("invalid JWK set: {0}")]
+    Jwks(String),
+    /// The client has no secret to rotate (public apps, Backend Services clients).
+    #[error("client {0:?} has no secret (it is public or uses a key set)")]
+    NoSecret(String),
     /// A stored client record did not parse.
     #[error("the stored record of client {0:?} is damaged; restore it from a backup")]
     Corrupt(String),
@@ -65,6 +74,35 @@ pub enum AuthError {
 pub enum ClientKind {
     /// A backend system using `client_credentials` with a secret; `system/` scopes only.
     System,
+    /// A SMART Backend Services client: `client_credentials` with `private_key_jwt` signed by a
+    /// key of its registered JWK set; `system/` scopes only.
+    Backend,
+    /// A SMART app with a secret (`client_secret_basic`) and redirect URIs.
+    ConfidentialApp,
+    /// A SMART app without a secret (PKCE alone), e.g. a patient's phone app.
+    PublicApp,
+}
+
+impl ClientKind {
+    /// Whether this kind signs users in through `/oauth2/authorize`.
+    pub fn is_app(self) -> bool {
+        matches!(self, Self::ConfidentialApp | Self::PublicApp)
+    }
+
+    /// Whether this kind has a secret.
+    pub fn has_secret(self) -> bool {
+        matches!(self, Self::System | Self::ConfidentialApp)
+    }
+
+    /// The kind's name in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::Backend => "backend",
+            Self::ConfidentialApp => "confidential-app",
+            Self::PublicApp => "public-app",
+        }
+    }
 }
 
 /// A registered OAuth 2 client, as stored.
@@ -76,7 +114,8 @@ pub struct ClientRecord {
     pub name: String,
     /// The scopes it may be granted.
     pub scopes: Vec<String>,
-    /// Argon2id PHC string of its secret.
+    /// Argon2id PHC string of its secret; empty for clients without one.
+    #[serde(default)]
     pub secret_hash: String,
     /// What sort of client.
     pub kind: ClientKind,
@@ -87,6 +126,12 @@ pub struct ClientRecord {
     /// Last secret rotation, seconds since the Unix epoch.
     #[serde(default)]
     pub secret_rotated_at: Option<u64>,
+    /// Redirect URIs of a SMART app, matched exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    /// The public JWK set of a Backend Services client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for ClientRecord {
@@ -99,7 +144,8 @@ impl fmt::Debug for ClientRecord {
             .field("kind", &self.kind)
             .field("disabled", &self.disabled)
             .field("created_at", &self.created_at)
-            .finish()
+            .field("redirect_uris", &self.redirect_uris)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,9 +220,105 @@ impl Clients {
             disabled: false,
             created_at: self.clock.unix_seconds(),
             secret_rotated_at: None,
+            redirect_uris: Vec::new(),
+            jwks: None,
         };
         self.save(&record)?;
         Ok((record, secret))
+    }
+
+    /// Registers a SMART app with `redirect_uris` (each https, or http on a loopback host);
+    /// a confidential one gets a secret, shown once, a public one none.
+    pub fn add_app(
+        &self,
+        name: &str,
+        scopes: &str,
+        redirect_uris: &[String],
+        public: bool,
+    ) -> Result<(ClientRecord, Option<SecretString>), AuthError> {
+        validate_name(name)?;
+        let kind = if public {
+            ClientKind::PublicApp
+        } else {
+            ClientKind::ConfidentialApp
+        };
+        let scopes = validate_scopes(scopes, kind)?;
+        if redirect_uris.is_empty() {
+            return Err(AuthError::RedirectUri(
+                "a SMART app needs at least one redirect URI".into(),
+            ));
+        }
+        let mut uris: Vec<String> = Vec::new();
+        for u in redirect_uris {
+            validate_redirect_uri(u)?;
+            if !uris.contains(u) {
+                uris.push(u.clone());
+            }
+        }
+        if self.get(name)?.is_some() {
+            return Err(AuthError::Duplicate(name.to_owned()));
+        }
+        let secret = if public {
+            None
+        } else {
+            Some(self.new_secret()?)
+        };
+        let record = ClientRecord {
+            client_id: name.to_owned(),
+            name: name.to_owned(),
+            scopes,
+            secret_hash: match &secret {
+                Some(s) => self.hash(s)?,
+                None => String::new(),
+            },
+            kind,
+            disabled: false,
+            created_at: self.clock.unix_seconds(),
+            secret_rotated_at: None,
+            redirect_uris: uris,
+            jwks: None,
+        };
+        self.save(&record)?;
+        Ok((record, secret))
+    }
+
+    /// Registers a SMART Backend Services client that authenticates with `private_key_jwt`
+    /// signed by a key of `jwks` (RS384 or ES384 public keys; private parts are refused).
+    pub fn add_backend(
+        &self,
+        name: &str,
+        scopes: &str,
+        jwks: &serde_json::Value,
+    ) -> Result<ClientRecord, AuthError> {
+        validate_name(name)?;
+        let scopes = validate_scopes(scopes, ClientKind::Backend)?;
+        crate::assertion::validate_jwks(jwks)?;
+        if self.get(name)?.is_some() {
+            return Err(AuthError::Duplicate(name.to_owned()));
+        }
+        let record = ClientRecord {
+            client_id: name.to_owned(),
+            name: name.to_owned(),
+            scopes,
+            secret_hash: String::new(),
+            kind: ClientKind::Backend,
+            disabled: false,
+            created_at: self.clock.unix_seconds(),
+            secret_rotated_at: None,
+            redirect_uris: Vec::new(),
+            jwks: Some(jwks.clone()),
+        };
+        self.save(&record)?;
+        Ok(record)
+    }
+
+    /// A public app by id for the authorization endpoint and for token requests that carry
+    /// `client_id` without credentials: only enabled public apps qualify.
+    pub fn public_client(&self, client_id: &str) -> Result<ClientRecord, AuthError> {
+        match self.get(client_id)? {
+            Some(r) if r.kind == ClientKind::PublicApp && !r.disabled => Ok(r),
+            _ => Err(AuthError::InvalidClient),
+        }
     }
 
     /// The client `client_id`, if registered.
@@ -218,6 +360,9 @@ impl Clients {
         let mut record = self
             .get(client_id)?
             .ok_or_else(|| AuthError::NotFound(client_id.to_owned()))?;
+        if !record.kind.has_secret() {
+            return Err(AuthError::NoSecret(client_id.to_owned()));
+        }
         let secret = self.new_secret()?;
         record.secret_hash = self.hash(&secret)?;
         record.secret_rotated_at = Some(self.clock.unix_seconds());
@@ -239,7 +384,7 @@ impl Clients {
         client_id: &str,
         secret: &SecretString,
     ) -> Result<ClientRecord, AuthError> {
-        let record = self.get(client_id)?;
+        let record = self.get(client_id)?.filter(|r| r.kind.has_secret());
         let hash = record
             .as_ref()
             .map_or(self.dummy_hash.as_str(), |r| r.secret_hash.as_str());
@@ -362,21 +507,85 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
 }
 
 /// Parses and checks a space-separated scope list for a client of `kind`; returns it normalised.
+///
+/// System and Backend Services clients hold `system/` scopes only; SMART apps hold `patient/`
+/// and `user/` scopes and the launch and identity scopes of [`crate::scope::SPECIAL_SCOPES`].
 pub fn validate_scopes(scopes: &str, kind: ClientKind) -> Result<Vec<String>, AuthError> {
-    let parsed = Scope::parse_list(scopes)?;
     let mut out: Vec<String> = Vec::new();
-    for s in parsed {
-        if kind == ClientKind::System && s.context != Context::System {
-            return Err(AuthError::Scope(ScopeError {
-                scope: s.as_str().to_owned(),
-                reason: "a system client may only hold system/ scopes",
-            }));
+    let mut resource_scopes = String::new();
+    for word in scopes.split_ascii_whitespace() {
+        if crate::scope::is_special(word) {
+            if !kind.is_app() {
+                return Err(AuthError::Scope(ScopeError {
+                    scope: word.to_owned(),
+                    reason: "launch and identity scopes belong to SMART apps (--redirect-uri)",
+                }));
+            }
+            if !out.iter().any(|o| o == word) {
+                out.push(word.to_owned());
+            }
+        } else {
+            resource_scopes.push_str(word);
+            resource_scopes.push(' ');
         }
-        if !out.iter().any(|o| o == s.as_str()) {
-            out.push(s.as_str().to_owned());
+    }
+    if out.is_empty() || !resource_scopes.trim().is_empty() {
+        for s in Scope::parse_list(&resource_scopes)? {
+            let ok = if kind.is_app() {
+                s.context != Context::System
+            } else {
+                s.context == Context::System
+            };
+            if !ok {
+                return Err(AuthError::Scope(ScopeError {
+                    scope: s.as_str().to_owned(),
+                    reason: if kind.is_app() {
+                        "a SMART app holds patient/ and user/ scopes, not system/"
+                    } else {
+                        "a system client may only hold system/ scopes"
+                    },
+                }));
+            }
+            if !out.iter().any(|o| o == s.as_str()) {
+                out.push(s.as_str().to_owned());
+            }
         }
     }
     Ok(out)
+}
+
+/// Checks a redirect URI: absolute `https://host...`, or `http://` on a loopback host
+/// (127.0.0.1, [::1], localhost) for native apps (RFC 8252); no fragment, no spaces or controls.
+pub fn validate_redirect_uri(uri: &str) -> Result<(), AuthError> {
+    let bad = |why: &str| Err(AuthError::RedirectUri(format!("{uri:?}: {why}")));
+    if uri.len() > 2000 || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("too long, or contains spaces or control characters");
+    }
+    if uri.contains('#') {
+        return bad("a redirect URI may not have a fragment");
+    }
+    let (scheme, rest) = match uri.split_once("://") {
+        Some(p) => p,
+        None => return bad("it must be an absolute https URI"),
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.contains('@') {
+        return bad("user information is not allowed");
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() {
+        return bad("it has no host");
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if matches!(host, "127.0.0.1" | "::1" | "localhost") => Ok(()),
+        "http" => bad("plain http is allowed only on a loopback host"),
+        _ => bad("it must be https (or http on a loopback host)"),
+    }
 }
 
 /// Splits `Basic base64(urlencode(id) ":" urlencode(secret))` into id and secret.

@@ -48,6 +48,23 @@ impl Permissions {
     }
 }
 
+/// Scopes of SMART apps that name no resource: identity (`openid`, `fhirUser`, `profile`),
+/// standalone launch context (`launch/patient`) and refresh tokens (`offline_access`,
+/// `online_access`).
+pub const SPECIAL_SCOPES: &[&str] = &[
+    "openid",
+    "fhirUser",
+    "profile",
+    "launch/patient",
+    "offline_access",
+    "online_access",
+];
+
+/// Whether `s` is one of [`SPECIAL_SCOPES`].
+pub fn is_special(s: &str) -> bool {
+    SPECIAL_SCOPES.contains(&s)
+}
+
 /// Non-FHIR resources carevault guards with scopes (e.g. `system/metrics.read`).
 const PSEUDO_RESOURCES: &[&str] = &["metrics"];
 

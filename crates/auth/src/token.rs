@@ -80,6 +80,12 @@ pub enum TokenError {
     /// Its client has been disabled or removed.
     #[error("the client of this access token is disabled")]
     ClientDisabled,
+    /// The token was revoked (RFC 7009), or the grant it came from was.
+    #[error("the access token has been revoked")]
+    Revoked,
+    /// The account the token acts for is disabled or no longer exists.
+    #[error("the account of this access token is disabled")]
+    UserDisabled,
     /// The client asked for a token while disabled.
     #[error("a disabled client cannot be issued tokens")]
     DisabledClient,
@@ -108,7 +114,7 @@ impl TokenError {
 pub struct Claims {
     /// Issuer: the server's base URL.
     pub iss: String,
-    /// Subject: the client id (the user, once users sign in).
+    /// Subject: the user name for a token acting for a person, else the client id.
     pub sub: String,
     /// Audience: the FHIR base URL.
     pub aud: String,
@@ -124,6 +130,28 @@ pub struct Claims {
     pub scope: String,
     /// The OAuth client.
     pub client_id: String,
+    /// The account the token acts for (equal to `sub`); absent for system clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `Practitioner/ID` or `Patient/ID` linked to the account.
+    #[serde(default, rename = "fhirUser", skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    /// The SMART launch-context patient id (`launch/patient`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+}
+
+/// The person a token is issued for, with the launch context they approved.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Subject {
+    /// The account name.
+    pub user: String,
+    /// `Practitioner/ID` or `Patient/ID` linked to the account.
+    #[serde(default)]
+    pub fhir_user: Option<String>,
+    /// The launch-context patient id.
+    #[serde(default)]
+    pub patient: Option<String>,
 }
 
 impl Claims {
@@ -345,6 +373,22 @@ impl TokenIssuer {
         scopes: &[String],
         now: SystemTime,
     ) -> Result<AccessToken, TokenError> {
+        self.issue_for(client, None, scopes, now)
+    }
+
+    /// The lifetime of the tokens this issuer makes.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Issues a token for `client`, acting for `subject` when a person approved it.
+    pub fn issue_for(
+        &self,
+        client: &ClientRecord,
+        subject: Option<&Subject>,
+        scopes: &[String],
+        now: SystemTime,
+    ) -> Result<AccessToken, TokenError> {
         if client.disabled {
             return Err(TokenError::DisabledClient);
         }
@@ -356,7 +400,7 @@ impl TokenIssuer {
             .map_err(|e| TokenError::Crypto(e.to_string()))?;
         let claims = Claims {
             iss: self.issuer.clone(),
-            sub: client.client_id.clone(),
+            sub: subject.map_or_else(|| client.client_id.clone(), |s| s.user.clone()),
             aud: self.audience.clone(),
             exp: iat + expires_in,
             iat,
@@ -364,9 +408,48 @@ impl TokenIssuer {
             jti: B64.encode(jti),
             scope: scopes.join(" "),
             client_id: client.client_id.clone(),
+            user: subject.map(|s| s.user.clone()),
+            fhir_user: subject.and_then(|s| s.fhir_user.clone()),
+            patient: subject.and_then(|s| s.patient.clone()),
         };
         let payload = serde_json::to_vec(&claims).map_err(|e| TokenError::Crypto(e.to_string()))?;
-        let mut jwt = format!("{}.{}", self.header_b64, B64.encode(payload));
+        let jwt = self.sign(&self.header_b64, &payload)?;
+        Ok(AccessToken {
+            jwt: SecretString::from(jwt),
+            expires_in,
+            scope: claims.scope,
+            jti: claims.jti,
+        })
+    }
+
+    /// An OpenID Connect ID token for `subject`, audience `client_id`, ES256 like access tokens.
+    pub fn id_token(
+        &self,
+        client_id: &str,
+        subject: &Subject,
+        nonce: Option<&str>,
+        now: SystemTime,
+    ) -> Result<SecretString, TokenError> {
+        let iat = unix(now);
+        let mut claims = serde_json::json!({
+            "iss": self.issuer, "sub": subject.user, "aud": client_id,
+            "iat": iat, "exp": iat + self.lifetime.as_secs(),
+        });
+        if let Some(n) = nonce {
+            claims["nonce"] = n.into();
+        }
+        if let Some(f) = &subject.fhir_user {
+            // SMART: fhirUser is an absolute URL of the FHIR resource.
+            claims["fhirUser"] = format!("{}/{f}", self.audience).into();
+        }
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.keys.kid});
+        let payload = serde_json::to_vec(&claims).map_err(|e| TokenError::Crypto(e.to_string()))?;
+        self.sign(&B64.encode(header.to_string()), &payload)
+            .map(SecretString::from)
+    }
+
+    fn sign(&self, header_b64: &str, payload: &[u8]) -> Result<String, TokenError> {
+        let mut jwt = format!("{header_b64}.{}", B64.encode(payload));
         let sig = self
             .keys
             .pair
@@ -374,12 +457,7 @@ impl TokenIssuer {
             .map_err(|_| TokenError::Crypto("signing failed".into()))?;
         jwt.push('.');
         jwt.push_str(&B64.encode(sig.as_ref()));
-        Ok(AccessToken {
-            jwt: SecretString::from(jwt),
-            expires_in,
-            scope: claims.scope,
-            jti: claims.jti,
-        })
+        Ok(jwt)
     }
 }
 
@@ -600,6 +678,8 @@ mod tests {
             disabled: false,
             created_at: 0,
             secret_rotated_at: None,
+            redirect_uris: Vec::new(),
+            jwks: None,
         };
         Fixture {
             keys,

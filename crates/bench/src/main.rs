@@ -7,10 +7,12 @@
 //! the run failed, 2 usage.
 #![forbid(unsafe_code)]
 
+mod access_bench;
 mod audit;
 mod client;
 mod keys_bench;
 mod load;
+mod policy_bench;
 mod report;
 mod server;
 mod stats;
@@ -71,8 +73,14 @@ const SEARCH_FLOOR: f64 = 500.0;
 const RSS_FLOOR_MB: f64 = 300.0;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "access") {
+        return access_bench::main(std::env::args_os().skip(1));
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "audit") {
         return audit::main(std::env::args_os().skip(1));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "policy") {
+        return policy_bench::main(std::env::args_os().skip(1));
     }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -46,7 +46,7 @@ pub struct AddArgs {
     /// Redirect URI of a SMART app (may repeat).
     #[arg(long = "redirect-uri", value_name = "URI")]
     redirect_uri: Vec<String>,
-    /// A public SMART app (no secret; PKCE).
+    /// A public SMART app (no secret; PKCE alone).
     #[arg(long, conflicts_with_all = ["secret_out", "jwks"])]
     public: bool,
     /// Give the client a secret (client_secret_basic), written to FILE (created 0600).
@@ -91,27 +91,60 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
 }
 
 fn add(a: AddArgs) -> anyhow::Result<()> {
-    if !a.redirect_uri.is_empty() || a.public || a.jwks.is_some() {
-        bail!(
-            "SMART apps (--redirect-uri, --public) and Backend Services clients (--jwks) arrive with the access-control work; register a system client with --secret-out for now"
-        );
-    }
-    let Some(secret_out) = a.secret_out else {
-        bail!(
-            "a system client needs --secret-out FILE (or --jwks FILE) to receive its credentials"
-        );
-    };
-    if secret_out.exists() {
+    if let Some(out) = &a.secret_out
+        && out.exists()
+    {
         bail!(
             "{} already exists; choose a new file so no secret is overwritten",
-            secret_out.display()
+            out.display()
         );
     }
+    let jwks = match &a.jwks {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the key set {}", path.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .with_context(|| format!("{} is not a JSON Web Key Set", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let (clients, store) = open(&a.data.data)?;
-    let (record, secret) = clients
-        .add(&a.name, &a.scope)
-        .with_context(|| format!("cannot register client {}", a.name))?;
-    write_secret(&secret_out, secret.expose_secret())?;
+    let context = || format!("cannot register client {}", a.name);
+    let (record, secret) = if a.redirect_uri.is_empty() {
+        if a.public {
+            bail!("--public is for SMART apps: give their --redirect-uri");
+        }
+        match (&a.secret_out, jwks) {
+            (Some(_), _) => {
+                let (r, s) = clients.add(&a.name, &a.scope).with_context(context)?;
+                (r, Some(s))
+            }
+            (None, Some(jwks)) => (
+                clients
+                    .add_backend(&a.name, &a.scope, &jwks)
+                    .with_context(context)?,
+                None,
+            ),
+            (None, None) => bail!(
+                "a system client needs --secret-out FILE (client_secret_basic) or --jwks FILE (private_key_jwt)"
+            ),
+        }
+    } else {
+        if a.jwks.is_some() {
+            bail!("--jwks is for Backend Services clients, which have no --redirect-uri");
+        }
+        if !a.public && a.secret_out.is_none() {
+            bail!("a SMART app is either --public or confidential with --secret-out FILE");
+        }
+        clients
+            .add_app(&a.name, &a.scope, &a.redirect_uri, a.public)
+            .with_context(context)?
+    };
+    if let (Some(out), Some(secret)) = (&a.secret_out, &secret) {
+        write_secret(out, secret.expose_secret())?;
+    }
     record_change(&*store, &record.client_id, "add")?;
     println!("{}", record.client_id);
     Ok(())
@@ -124,15 +157,17 @@ fn list(data: &Path, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|c| {
                 serde_json::json!({"client_id": c.client_id, "name": c.name, "scopes": c.scopes,
-                    "kind": format!("{:?}", c.kind), "disabled": c.disabled})
+                    "kind": c.kind.as_str(), "redirect_uris": c.redirect_uris,
+                    "disabled": c.disabled})
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for c in &clients {
             println!(
-                "{:<24} {:<9} {}",
+                "{:<24} {:<16} {:<9} {}",
                 c.client_id,
+                c.kind.as_str(),
                 if c.disabled { "disabled" } else { "enabled" },
                 c.scopes.join(" ")
             );

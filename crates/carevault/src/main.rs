@@ -7,7 +7,10 @@ mod import;
 mod keys_cmd;
 mod parts;
 mod patient_cmd;
+mod policy_cmd;
 mod serve_cmd;
+mod training_cmd;
+mod user_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,6 +45,15 @@ enum Command {
     /// Patient-level operations: crypto-shredding erasure.
     #[command(subcommand)]
     Patient(patient_cmd::PatientCommand),
+    /// Add and manage user accounts (roles, passwords, authenticators, lockout).
+    #[command(subcommand)]
+    User(user_cmd::UserCommand),
+    /// Show, check and replace the authorization policy (cedar).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Record and list the training courses users completed.
+    #[command(subcommand)]
+    Training(training_cmd::TrainingCommand),
 }
 
 /// `--data DIR`, shared by every command.
@@ -77,6 +89,18 @@ fn main() -> ExitCode {
         Command::Patient(cmd) => {
             init_logging(cli.log_format.as_deref().unwrap_or("text"));
             patient_cmd::run(cmd)
+        }
+        Command::User(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            user_cmd::run(cmd)
+        }
+        Command::Policy(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            policy_cmd::run(cmd)
+        }
+        Command::Training(cmd) => {
+            init_logging(cli.log_format.as_deref().unwrap_or("text"));
+            training_cmd::run(cmd)
         }
     };
     match result {

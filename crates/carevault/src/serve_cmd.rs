@@ -47,6 +47,7 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     let key = data.join(&config.tls.key);
     let prepared = carevault_server::datadir::prepare(&data, (&cert, &key))?;
     let parts = crate::parts::open(&data)?;
+    carevault_server::datadir::create_first_admin(&data, parts.rest.store().clone())?;
     let identity = carevault_server::tls::Identity::load(&cert, &key)?;
     let fingerprint = identity.fingerprint();
     let tls = identity.server_config()?;

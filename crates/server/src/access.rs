@@ -1,5 +1,5 @@
-//! Who is calling and what their token's scopes allow (SMART v1/v2 scope grammar). The
-//! access-control issue replaces the scope-only decision with role ∩ scope ∩ relationship.
+//! What a token's scopes allow (SMART v1/v2 scope grammar), one of the three parts of the
+//! effective permission role ∩ scopes ∩ relationship that [`crate::authz`] intersects.
 
 use crate::App;
 use http::HeaderValue;
@@ -39,9 +39,21 @@ impl Interaction {
     }
 }
 
-/// One parsed scope: `system/Observation.rs` → (Some("Observation"), "rs").
+/// The context prefix of a SMART scope, ordered from narrowest to broadest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScopeContext {
+    /// `patient/`: only the launch patient's compartment.
+    Patient,
+    /// `user/`: whatever the user may reach.
+    User,
+    /// `system/`: a backend service; for a user token the same as `user/`.
+    System,
+}
+
+/// One parsed scope: `system/Observation.rs` → (System, Some("Observation"), "rs").
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Grant {
+    context: ScopeContext,
     rtype: Option<String>,
     letters: String,
 }
@@ -69,13 +81,23 @@ impl Caller {
 
     /// True when some grant allows `interaction` on `rtype`; `rtype == "*"` asks for every type.
     pub fn allows(&self, rtype: &str, interaction: Interaction) -> bool {
-        self.grants.iter().any(|g| {
-            let type_ok = match &g.rtype {
-                None => true,
-                Some(t) => rtype != "*" && t == rtype,
-            };
-            type_ok && g.letters.contains(interaction.letter())
-        })
+        self.context(rtype, interaction).is_some()
+    }
+
+    /// The broadest scope context that allows `interaction` on `rtype`, if any: a `patient/`
+    /// grant alone restricts the caller to the launch patient's compartment.
+    pub fn context(&self, rtype: &str, interaction: Interaction) -> Option<ScopeContext> {
+        self.grants
+            .iter()
+            .filter(|g| {
+                let type_ok = match &g.rtype {
+                    None => true,
+                    Some(t) => rtype != "*" && t == rtype,
+                };
+                type_ok && g.letters.contains(interaction.letter())
+            })
+            .map(|g| g.context)
+            .max()
     }
 }
 
@@ -84,7 +106,13 @@ impl Caller {
 /// them needs the policy engine.
 fn parse_scope(s: &str) -> Option<Grant> {
     let (context, rest) = s.split_once('/')?;
-    if !matches!(context, "system" | "user" | "patient") || rest.contains('?') {
+    let context = match context {
+        "system" => ScopeContext::System,
+        "user" => ScopeContext::User,
+        "patient" => ScopeContext::Patient,
+        _ => return None,
+    };
+    if rest.contains('?') {
         return None;
     }
     let (t, perm) = rest.split_once('.')?;
@@ -100,7 +128,11 @@ fn parse_scope(s: &str) -> Option<Grant> {
         p if !p.is_empty() && is_ordered_subset(p, "cruds") => p.to_string(),
         _ => return None,
     };
-    Some(Grant { rtype, letters })
+    Some(Grant {
+        context,
+        rtype,
+        letters,
+    })
 }
 
 /// SMART v2 requires the letters in `cruds` order without repeats.
@@ -109,15 +141,24 @@ fn is_ordered_subset(p: &str, of: &str) -> bool {
     p.chars().all(|c| it.by_ref().any(|o| o == c))
 }
 
-/// Verifies the bearer token and builds the caller.
+/// Verifies the bearer token and builds the caller (its scopes alone).
 pub fn authenticate(
     app: &App,
     header: Option<&HeaderValue>,
 ) -> Result<Caller, carevault_auth::TokenError> {
+    authenticate_claims(app, header).map(|(caller, _)| caller)
+}
+
+/// Verifies the bearer token: the caller's scopes and the token's claims (user, fhirUser,
+/// launch patient), which [`crate::authz`] turns into the principal.
+pub fn authenticate_claims(
+    app: &App,
+    header: Option<&HeaderValue>,
+) -> Result<(Caller, std::sync::Arc<carevault_auth::Claims>), carevault_auth::TokenError> {
     let claims = app
         .auth
         .verify_bearer(header.and_then(|v| v.to_str().ok()))?;
-    Ok(Caller::new(claims.client_id.clone(), &claims.scope))
+    Ok((Caller::new(claims.client_id.clone(), &claims.scope), claims))
 }
 
 /// The resource types and interactions a batch/transaction Bundle asks for, to check scopes
@@ -243,6 +284,29 @@ mod tests {
         let r = search_reaches("Patient", &p(&[("_has:Observation:patient:code", "1")]));
         assert_eq!(r, vec!["Observation"]);
         assert!(search_reaches("Patient", &p(&[("family", "x")])).is_empty());
+    }
+
+    #[test]
+    fn the_broadest_context_wins() {
+        let c = Caller::new("x".into(), "patient/Observation.rs user/Patient.r");
+        assert_eq!(
+            c.context("Observation", Interaction::Read),
+            Some(ScopeContext::Patient)
+        );
+        assert_eq!(
+            c.context("Patient", Interaction::Read),
+            Some(ScopeContext::User)
+        );
+        assert_eq!(c.context("Patient", Interaction::Search), None);
+        let both = Caller::new("x".into(), "patient/*.rs user/Observation.rs");
+        assert_eq!(
+            both.context("Observation", Interaction::Search),
+            Some(ScopeContext::User)
+        );
+        assert_eq!(
+            both.context("Encounter", Interaction::Search),
+            Some(ScopeContext::Patient)
+        );
     }
 
     #[test]

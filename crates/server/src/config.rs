@@ -14,6 +14,56 @@ pub struct Config {
     pub log: LogSettings,
     pub audit: AuditSettings,
     pub siem: SiemSettings,
+    pub access: AccessSettings,
+    pub identity: carevault_identity::IdentitySettings,
+}
+
+/// `[access]`: authorization settings (break-the-glass, training, care-relationship windows).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSettings {
+    /// How long a break-the-glass grant lasts, in minutes.
+    pub break_glass_minutes: u64,
+    /// Courses every user must have a current training record for before reaching any data.
+    pub required_training_courses: Vec<String>,
+    /// Care relationship through an Encounter: days before its start (rule 1).
+    pub care_encounter_days_before: u32,
+    /// Care relationship through an Encounter: days after its end (rule 1).
+    pub care_encounter_days_after: u32,
+    /// Care relationship through an Appointment: days before its start (rule 2).
+    pub care_appointment_days_before: u32,
+    /// Care relationship through an Appointment: days after it (rule 2).
+    pub care_appointment_days_after: u32,
+    /// Billing relationship: days after an Encounter's end (rule 6).
+    pub care_billing_days: u32,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        Self {
+            break_glass_minutes: 60,
+            required_training_courses: Vec::new(),
+            care_encounter_days_before: 7,
+            care_encounter_days_after: 30,
+            care_appointment_days_before: 7,
+            care_appointment_days_after: 30,
+            care_billing_days: 365,
+        }
+    }
+}
+
+impl AccessSettings {
+    /// The care-relationship windows (PRODUCT.md 2.3).
+    pub fn care_windows(&self) -> carevault_store::care::CareWindows {
+        let ms = |days: u32| i64::from(days) * carevault_store::care::DAY_MS;
+        carevault_store::care::CareWindows {
+            encounter_before_ms: ms(self.care_encounter_days_before),
+            encounter_after_ms: ms(self.care_encounter_days_after),
+            appointment_before_ms: ms(self.care_appointment_days_before),
+            appointment_after_ms: ms(self.care_appointment_days_after),
+            billing_after_ms: ms(self.care_billing_days),
+        }
+    }
 }
 
 /// `[audit]`
@@ -168,6 +218,41 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 # Also write every audit entry as FHIR AuditEvent NDJSON files into this directory. The files hold
 # audit details in the clear for the SIEM to read: put the directory on protected storage.
 # ndjson_dir = ""
+
+[access]
+# How long a break-the-glass grant (X-Break-Glass) lets its user reach that patient's data, in minutes.
+# break_glass_minutes = 60
+# Training courses every user needs a current record of (carevault training record) to reach any data.
+# required_training_courses = []
+# Care relationships (PRODUCT.md 2.3), applied when access is decided, so a change applies at once:
+# an Encounter participant has one from this many days before the encounter's start ...
+# care_encounter_days_before = 7
+# ... until this many days after its end (an encounter in progress counts until it ends);
+# care_encounter_days_after = 30
+# an Appointment participant from this many days before its start ...
+# care_appointment_days_before = 7
+# ... until this many days after it;
+# care_appointment_days_after = 30
+# billing users reach patients who had an Encounter ending at most this many days ago.
+# care_billing_days = 365
+
+[identity]
+# Consecutive failed sign-ins of one account before it is locked until `carevault user unlock`.
+# lockout_threshold = 10
+# Failed sign-ins of one account allowed without a wait; after that the wait doubles each time (1 s, 2 s, 4 s, ...).
+# account_free_failures = 3
+# Longest wait between sign-in attempts of one account, in seconds.
+# account_max_delay_seconds = 300
+# Failed sign-ins from one network address allowed without a wait; after that the wait doubles each time.
+# address_free_failures = 10
+# Longest wait between sign-in attempts from one address, in seconds.
+# address_max_delay_seconds = 900
+# An address's failures are forgotten this long after its last one, in seconds.
+# address_forget_seconds = 3600
+# A browser session unused this long ends (seconds).
+# session_idle_seconds = 900
+# A browser session ends this long after sign-in, however it is used (seconds).
+# session_lifetime_seconds = 43200
 "#;
 
 /// Environment variables under the `CAREVAULT_` prefix that are not settings.
@@ -222,7 +307,11 @@ impl Config {
                 return Err(invalid_env(&name, "expected CAREVAULT_<SECTION>_<KEY>"));
             };
             let section = section.to_ascii_lowercase();
-            if !["server", "tls", "auth", "log", "audit", "siem"].contains(&section.as_str()) {
+            if ![
+                "server", "tls", "auth", "log", "audit", "siem", "access", "identity",
+            ]
+            .contains(&section.as_str())
+            {
                 return Err(invalid_env(
                     &name,
                     &format!("there is no settings section [{section}]"),
@@ -266,6 +355,25 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024");
+        }
+        if !(1..=1440).contains(&self.access.break_glass_minutes) {
+            return bad("access.break_glass_minutes must be between 1 and 1440");
+        }
+        let a = &self.access;
+        if [
+            a.care_encounter_days_before,
+            a.care_encounter_days_after,
+            a.care_appointment_days_before,
+            a.care_appointment_days_after,
+            a.care_billing_days,
+        ]
+        .iter()
+        .any(|d| *d > 3650)
+        {
+            return bad("the access.care_* windows must be at most 3650 days");
+        }
+        if let Some(problem) = self.identity.problem() {
+            return bad(problem);
         }
         if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
             return bad("audit.checkpoint_interval_seconds must be between 1 and 86400");

@@ -87,6 +87,28 @@ pub fn prepare(root: &Path, tls_paths: (&Path, &Path)) -> Result<Prepared, DataD
     })
 }
 
+/// Creates account `admin` (roles `security_admin`, `system_admin`; it must enrol TOTP at first
+/// sign-in) with the password in `DIR/admin-password` when the store holds no account yet.
+/// Returns whether it was created.
+pub fn create_first_admin(
+    root: &Path,
+    store: std::sync::Arc<dyn carevault_store::Store>,
+) -> Result<bool, DataDirError> {
+    let pw = root.join("admin-password");
+    let text = match std::fs::read_to_string(&pw) {
+        Ok(t) => zeroize::Zeroizing::new(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(DataDirError::Io { path: pw, source }),
+    };
+    let password = secrecy::SecretString::from(text.trim().to_owned());
+    crate::records::open_accounts(store)
+        .create_first_admin(&password)
+        .map_err(|e| DataDirError::Io {
+            path: pw,
+            source: std::io::Error::other(format!("cannot create the admin account: {e}")),
+        })
+}
+
 /// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of the directory) with `mode`.
 pub fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {

@@ -1,15 +1,21 @@
-//! The `/fhir` surface: one entry point that parses the path, authenticates the caller, checks
-//! content negotiation and dispatches to the FHIR interaction, answering errors as OperationOutcomes.
+//! The `/fhir` surface: one entry point that parses the path, authenticates the caller, builds
+//! its authorization ([`crate::authz`]: principal, training, break-the-glass, visibility), checks
+//! content negotiation and dispatches to the FHIR interaction, answering errors as
+//! OperationOutcomes. Handlers get a [`Gate`], never the shared [`App`]: the only store they can
+//! reach is the one filtered by the caller's visibility.
 
-use crate::access::{Caller, Interaction, bundle_interactions, search_reaches};
+use crate::access::{Interaction, bundle_interactions, search_reaches};
 use crate::audit::{Note, Party, SharedNote, default_interaction};
+use crate::authz::{self, Denial, Gate};
 use crate::outcome::{ApiError, OutcomeIssue, outcome_json};
 use crate::{App, CallerId, RequestId, RouteTemplate, fhir_response};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use carevault_audit::event::RestInteraction;
-use carevault_store::{HistoryRequest, RestError, SearchRequest, Stored, Written};
+use carevault_store::{
+    Access, HistoryRequest, Op, Rest, RestError, SearchRequest, Stored, Written,
+};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use std::sync::Arc;
@@ -24,9 +30,8 @@ enum ReturnPref {
 
 /// The parsed parts of a FHIR request that every interaction needs.
 struct Call {
-    app: Arc<App>,
+    gate: Gate,
     request_id: Arc<str>,
-    caller: Caller,
     params: Vec<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -44,7 +49,7 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
     let peer = req.extensions().get::<crate::PeerAddr>().map(|p| p.0.ip());
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let mut party = Party {
         request_id: Some(request_id.to_string()),
         address: peer.map(|ip| ip.to_string()),
@@ -83,7 +88,19 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         return r;
     }
     let interaction = default_interaction(&parts.method);
-    let caller = match crate::access::authenticate(&app, parts.headers.get(header::AUTHORIZATION)) {
+    let verified =
+        crate::access::authenticate_claims(&app, parts.headers.get(header::AUTHORIZATION))
+            .and_then(
+                |(caller, claims)| match authz::principal_of(&app, &claims) {
+                    Ok(Some(p)) => Ok((caller, claims, p)),
+                    // The account behind the token is gone or disabled: the token no longer counts.
+                    Ok(None) => Err(carevault_auth::TokenError::UserDisabled),
+                    Err(_) => Err(carevault_auth::TokenError::Store(
+                        "the account could not be read".into(),
+                    )),
+                },
+            );
+    let (caller, claims, principal) = match verified {
         Ok(c) => c,
         Err(e) => {
             let mut r = match e {
@@ -104,17 +121,125 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
     };
     let caller_id: Arc<str> = Arc::from(caller.client_id());
     party.client = Some(caller.client_id().to_owned());
-    // A system client acts for the organisation's operations; user purposes arrive with accounts.
-    party.purpose = vec!["HOPERAT".into()];
-    let note = Note::new(party, interaction);
-    if let Some(q) = parts.uri.query().filter(|q| !q.is_empty()) {
-        note.lock().query = Some(q.as_bytes().to_vec());
+    // Who acts, and for what purpose: the organisation's operations for a system client, the
+    // account's roles for a user.
+    authz::fill_party(&mut party, &principal);
+    let now_ms = app.trail.now_ms();
+    let query = parts
+        .uri
+        .query()
+        .filter(|q| !q.is_empty())
+        .map(|q| q.as_bytes().to_vec());
+    let refuse = |party: Party, status: Result<Denial, ApiError>| {
+        let app = app.clone();
+        let caller_id = caller_id.clone();
+        let query = query.clone();
+        let interaction = interaction.clone();
+        async move {
+            let note = Note::new(party, interaction);
+            note.lock().query = query;
+            let err = match status {
+                Ok(d) => {
+                    note.lock().detail.push(("decision".into(), d.reason));
+                    d.error
+                }
+                Err(e) => e,
+            };
+            let mut r = audited(&app, &note, err.into_response()).await;
+            r.extensions_mut().insert(RouteTemplate("/fhir/*"));
+            r.extensions_mut().insert(CallerId(caller_id));
+            r
+        }
+    };
+    // Training first: an untrained user reaches nothing.
+    let today = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN);
+    if let Err(d) = authz::check_training(&app, &principal, today) {
+        return refuse(party, Ok(d)).await;
     }
+    let mut grants = std::collections::HashSet::new();
+    if let Some(user) = principal.user.clone() {
+        let store = app.rest.store().clone();
+        grants = tokio::task::spawn_blocking(move || authz::live_grants(&store, &user, now_ms))
+            .await
+            .unwrap_or_default();
+    }
+    let mut break_glass = false;
+    if let Some(h) = parts.headers.get("x-break-glass") {
+        let reason = match authz::break_glass_reason(h) {
+            Ok(r) => r,
+            Err(e) => return refuse(party, Err(e)).await,
+        };
+        let mut target = match principal.user.as_deref() {
+            None => None,
+            Some(_) => match authz::request_patient(&app, &segs, &params) {
+                Ok(t) => t,
+                Err(e) => return refuse(party, Err(e)).await,
+            },
+        };
+        if target.is_none()
+            && principal.user.is_some()
+            && matches!(parts.method, Method::POST | Method::PUT)
+            && let [t, ..] = segs.as_slice()
+        {
+            // A new or replaced resource: its own content names the patient. The body is read
+            // here and handed on unchanged.
+            let limit = app.config.server.max_body_bytes;
+            let bytes = axum::body::to_bytes(std::mem::replace(&mut body, Body::empty()), limit)
+                .await
+                .unwrap_or_default();
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let mut ps = carevault_fhir::patient_compartment_refs(t, &v);
+                if ps.len() == 1 {
+                    target = ps.pop();
+                }
+            }
+            body = Body::from(bytes);
+        }
+        if let Err(d) = may_break_glass(&app, &principal, &segs) {
+            return refuse(party, Ok(d)).await;
+        }
+        let (Some(user), Some(patient)) = (principal.user.clone(), target) else {
+            return refuse(
+                party,
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "X-Break-Glass needs a request about one patient's record: Patient/{id}, a resource of one patient, or a search with one patient= value.",
+                )),
+            )
+            .await;
+        };
+        if let Err(e) = authz::grant_break_glass(&app, &party, &user, &patient, &reason).await {
+            return refuse(party, Err(e)).await;
+        }
+        grants.insert(patient);
+        break_glass = true;
+    }
+    // The launch patient of `patient/` scopes; a patient's own record when the token has none.
+    let launch_patient = claims.patient.clone().or_else(|| {
+        principal
+            .patient
+            .as_deref()
+            .map(|p| p.trim_start_matches("Patient/").to_owned())
+    });
+    let authz = authz::build(&app, principal, caller, launch_patient, grants, now_ms);
+    if break_glass
+        || (!authz.grants().is_empty()
+            && authz::request_patient(&app, &segs, &params)
+                .ok()
+                .flatten()
+                .is_some_and(|p| authz.under_break_glass(&p)))
+    {
+        party.purpose = vec!["BTG".into()];
+    }
+    let note = Note::new(party, interaction);
+    note.lock().query = query;
     let (return_pref, strict) = prefer(&parts.headers);
     let call = Call {
-        app: app.clone(),
+        gate: Gate::new(app.clone(), authz.clone()),
         request_id: request_id.clone(),
-        caller,
         params,
         headers: parts.headers,
         body,
@@ -127,6 +252,13 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    {
+        // Data reached through a break-the-glass grant is a BTG access whatever the route.
+        let mut n = note.lock();
+        if !authz.grants().is_empty() && n.patients.iter().any(|p| authz.under_break_glass(p)) {
+            n.party.purpose = vec!["BTG".into()];
+        }
+    }
     let mut resp = audited(&app, &note, resp).await;
     resp.extensions_mut().insert(RouteTemplate(template));
     resp.extensions_mut().insert(CallerId(caller_id));
@@ -268,7 +400,7 @@ async fn read(call: Call, t: &str, id: &str) -> Answer {
     call.interaction(RestInteraction::Read);
     call.require(t, Interaction::Read)?;
     let (t2, id2) = (t.to_string(), id.to_string());
-    let stored = call.blocking(move |app| app.rest.read(&t2, &id2)).await?;
+    let stored = call.blocking(move |rest, _| rest.read(&t2, &id2)).await?;
     call.note_stored(&stored);
     Ok(resource_response(StatusCode::OK, &stored, None))
 }
@@ -278,7 +410,7 @@ async fn vread(call: Call, t: &str, id: &str, v: &str) -> Answer {
     call.require(t, Interaction::Read)?;
     let (t2, id2, v2) = (t.to_string(), id.to_string(), v.to_string());
     let stored = call
-        .blocking(move |app| app.rest.vread(&t2, &id2, &v2))
+        .blocking(move |rest, _| rest.vread(&t2, &id2, &v2))
         .await?;
     call.note_stored(&stored);
     Ok(resource_response(StatusCode::OK, &stored, None))
@@ -292,7 +424,7 @@ async fn create(mut call: Call, t: &str) -> Answer {
     let t2 = t.to_string();
     let rest = call.rest(false);
     let written = call
-        .blocking(move |_| rest.create(&t2, resource, if_none_exist.as_deref()))
+        .blocking(move |_, _| rest.create(&t2, resource, if_none_exist.as_deref()))
         .await?;
     Ok(call.written_response(written))
 }
@@ -305,7 +437,7 @@ async fn update(mut call: Call, t: &str, id: &str) -> Answer {
     let (t2, id2) = (t.to_string(), id.to_string());
     let rest = call.rest(false);
     let written = call
-        .blocking(move |_| rest.update(&t2, &id2, resource, if_match))
+        .blocking(move |_, _| rest.update(&t2, &id2, resource, if_match))
         .await?;
     Ok(call.written_response(written))
 }
@@ -319,7 +451,7 @@ async fn conditional_update(mut call: Call, t: &str) -> Answer {
     let t2 = t.to_string();
     let rest = call.rest(false);
     let written = call
-        .blocking(move |_| rest.conditional_update(&t2, &query, resource, if_match))
+        .blocking(move |_, _| rest.conditional_update(&t2, &query, resource, if_match))
         .await?;
     Ok(call.written_response(written))
 }
@@ -340,7 +472,7 @@ async fn patch(mut call: Call, t: &str, id: &str) -> Answer {
     let (t2, id2) = (t.to_string(), id.to_string());
     let rest = call.rest(false);
     let written = call
-        .blocking(move |_| rest.patch(&t2, &id2, doc, if_match))
+        .blocking(move |_, _| rest.patch(&t2, &id2, doc, if_match))
         .await?;
     Ok(call.written_response(written))
 }
@@ -351,7 +483,7 @@ async fn delete(call: Call, t: &str, id: &str) -> Answer {
     let (t2, id2) = (t.to_string(), id.to_string());
     call.note().resources.push(format!("{t}/{id}"));
     let rest = call.rest(false);
-    let version = call.blocking(move |_| rest.delete(&t2, &id2)).await?;
+    let version = call.blocking(move |_, _| rest.delete(&t2, &id2)).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         insert_etag(r.headers_mut(), v);
@@ -365,7 +497,7 @@ async fn conditional_delete(call: Call, t: &str) -> Answer {
     let query = call.condition()?;
     let t2 = t.to_string();
     let rest = call.rest(false);
-    call.blocking(move |_| rest.conditional_delete(&t2, &query))
+    call.blocking(move |_, _| rest.conditional_delete(&t2, &query))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -383,12 +515,12 @@ async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
     let params = call.params.clone();
     let strict = call.strict;
     let bundle = call
-        .blocking(move |app| {
-            app.rest.search(&SearchRequest {
+        .blocking(move |rest, base_url| {
+            rest.search(&SearchRequest {
                 rtype: &t2,
                 compartment: comp.as_deref().map(|id| ("Patient", id)),
                 params: &params,
-                base_url: &app.base_url,
+                base_url,
                 strict,
             })
         })
@@ -400,22 +532,32 @@ async fn search(call: Call, t: &str, compartment: Option<&str>) -> Answer {
 async fn audit_search(call: Call, patient: Option<&str>) -> Answer {
     call.interaction(RestInteraction::SearchType);
     call.require("AuditEvent", Interaction::Search)?;
+    match call.gate.authz().access(Op::Read, "AuditEvent") {
+        Access::All => {}
+        // A patient reads the accounting of disclosures of their own record, by that route only.
+        Access::Patients(set) if patient.is_some_and(|p| set.contains(p)) => {}
+        _ => {
+            return Err(call.deny(Denial {
+                error: ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "You may search the audit trail only for your own record, at Patient/{id}/AuditEvent.",
+                ),
+                reason: "AuditEvent search outside the caller's own compartment".into(),
+            }));
+        }
+    }
     let mut params = call.params.clone();
     if let Some(p) = patient {
         params.push(("patient".into(), format!("Patient/{p}")));
     }
     let strict = call.strict;
     let bundle = call
-        .blocking(move |app| {
-            let s =
-                crate::audit_api::AuditSearch::parse(&params, app.rest.store().keyring(), strict)?;
-            let (events, more) = s.run(&**app.rest.store())?;
+        .blocking(move |rest, base_url| {
+            let s = crate::audit_api::AuditSearch::parse(&params, rest.store().keyring(), strict)?;
+            let (events, more) = s.run(&**rest.store())?;
             Ok(crate::audit_api::search_bundle(
-                &app.base_url,
-                &params,
-                &s,
-                events,
-                more,
+                base_url, &params, &s, events, more,
             ))
         })
         .await?;
@@ -428,7 +570,18 @@ async fn audit_read(call: Call, id: &str) -> Answer {
     call.note().resources.push(format!("AuditEvent/{id}"));
     let id2 = id.to_owned();
     let ev = call
-        .blocking(move |app| crate::audit_api::read_event(&**app.rest.store(), &id2))
+        .blocking(move |rest, _| {
+            let ev = crate::audit_api::read_event(&**rest.store(), &id2)?;
+            // An event about someone else answers like one that does not exist.
+            if rest.visibility().allows(Op::Read, "AuditEvent", &ev) {
+                Ok(ev)
+            } else {
+                Err(RestError::NotFound {
+                    rtype: "AuditEvent".into(),
+                    id: id2,
+                })
+            }
+        })
         .await?;
     Ok(json_response(StatusCode::OK, &ev))
 }
@@ -469,12 +622,12 @@ async fn history(call: Call, t: Option<&str>, id: Option<&str>) -> Answer {
     let (t2, id2) = (t.map(str::to_string), id.map(str::to_string));
     let params = call.params.clone();
     let bundle = call
-        .blocking(move |app| {
-            app.rest.history(&HistoryRequest {
+        .blocking(move |rest, base_url| {
+            rest.history(&HistoryRequest {
                 rtype: t2.as_deref(),
                 id: id2.as_deref(),
                 params: &params,
-                base_url: &app.base_url,
+                base_url,
             })
         })
         .await?;
@@ -493,7 +646,7 @@ async fn bundle(mut call: Call) -> Answer {
     }
     let rest = call.rest(true);
     let response = call
-        .blocking(move |app| rest.bundle(bundle, &app.base_url))
+        .blocking(move |_, base_url| rest.bundle(bundle, base_url))
         .await?;
     call.note().add_patients_of(&response);
     Ok(json_response(StatusCode::OK, &response))
@@ -501,7 +654,8 @@ async fn bundle(mut call: Call) -> Answer {
 
 async fn validate(mut call: Call, t: &str, _id: Option<&str>) -> Answer {
     call.interaction(RestInteraction::Operation("validate".into()));
-    call.require(t, Interaction::Read)?;
+    // Validation reads no stored data: the token's scopes alone decide.
+    call.require_scope(t, Interaction::Read)?;
     let body = call.json_body().await?;
     // $validate takes the resource itself or a Parameters with a `resource` parameter.
     let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
@@ -567,47 +721,61 @@ impl Call {
         }
     }
 
-    /// The interactions with this request's write events appended in the writing transaction
-    /// (for a Bundle, one per entry written).
-    fn rest(&self, bundle: bool) -> carevault_store::Rest {
-        self.app
-            .rest
-            .audited(self.app.trail.write_hook(&self.note, bundle))
+    /// The caller's store with this request's write events appended in the writing transaction
+    /// (for a Bundle, one per entry written); every write is checked against the caller's
+    /// visibility.
+    fn rest(&self, bundle: bool) -> Rest {
+        self.gate.rest_audited(&self.note, bundle)
     }
 
-    /// Checks the token's scopes allow `interaction` on `rtype` (the role and relationship checks
-    /// of the access-control issue will join this decision).
+    /// Records a denial in the request's audit event and turns it into the answer.
+    fn deny(&self, d: Denial) -> ApiError {
+        self.note().detail.push(("decision".into(), d.reason));
+        d.error
+    }
+
+    /// Checks that the caller may perform `interaction` on `rtype` at all: token scopes and role
+    /// (the relationship part is applied by the store, resource by resource).
     fn require(&self, rtype: &str, interaction: Interaction) -> Result<(), ApiError> {
-        if self.caller.allows(rtype, interaction) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "The access token's scopes do not allow {} on {rtype}.",
-                    interaction.name()
-                ),
-            ))
+        self.gate
+            .authz()
+            .check_type(rtype, interaction)
+            .map_err(|d| self.deny(d))
+    }
+
+    /// Checks the token's scopes alone (for operations that read no stored data).
+    fn require_scope(&self, rtype: &str, interaction: Interaction) -> Result<(), ApiError> {
+        if self.gate.authz().scopes_allow(rtype, interaction) {
+            return Ok(());
         }
+        let m = format!(
+            "The access token's scopes do not allow {} on {rtype}.",
+            interaction.name()
+        );
+        Err(self.deny(Denial {
+            error: ApiError::new(StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            reason: m,
+        }))
     }
 
     fn require_all(&self, interaction: Interaction) -> Result<(), ApiError> {
         self.require("*", interaction)
     }
 
-    /// Runs store work off the async threads and maps its error.
+    /// Runs store work off the async threads, over the caller's restricted store and the FHIR
+    /// base URL, and maps its error.
     ///
     /// Returns a future that does not borrow `self` (the request body is not `Sync`).
     fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&App) -> Result<T, RestError> + Send + 'static,
+        f: impl FnOnce(&Rest, &str) -> Result<T, RestError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static {
-        let app = self.app.clone();
+        let rest = self.gate.rest();
+        let base_url = self.gate.base_url().to_owned();
         let rid = self.request_id.clone();
         let note = self.note.clone();
         async move {
-            match tokio::task::spawn_blocking(move || f(&app)).await {
+            match tokio::task::spawn_blocking(move || f(&rest, &base_url)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
                     if matches!(e, RestError::Integrity(_)) {
@@ -625,7 +793,7 @@ impl Call {
     }
 
     async fn raw_body(&mut self) -> Result<bytes::Bytes, ApiError> {
-        let limit = self.app.config.server.max_body_bytes;
+        let limit = self.gate.max_body_bytes();
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -726,7 +894,10 @@ impl Call {
         };
         let location = format!(
             "{}/{}/{}/_history/{}",
-            self.app.base_url, written.stored.rtype, written.stored.id, written.stored.version
+            self.gate.base_url(),
+            written.stored.rtype,
+            written.stored.id,
+            written.stored.version
         );
         match self.return_pref {
             ReturnPref::Representation => {
@@ -925,6 +1096,42 @@ fn http_date(ms: i64) -> Option<String> {
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
     t.format(&f).ok()
+}
+
+/// Whether the principal's role may break the glass for this request: some role of theirs must
+/// let break-the-glass stand in for a relationship on the requested type (or, for a request on
+/// the Patient itself, on clinical data).
+fn may_break_glass(
+    app: &App,
+    p: &carevault_policy::Principal,
+    segs: &[&str],
+) -> Result<(), Denial> {
+    let refuse = |reason: &str| Denial {
+        error: ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Your role may not use break-the-glass (X-Break-Glass).",
+        ),
+        reason: reason.to_owned(),
+    };
+    if p.user.is_none() {
+        return Err(refuse("break-the-glass requested by a system client"));
+    }
+    let Some(engine) = app.policy.as_ref().map(|p| p.engine()) else {
+        return Err(refuse("the authorization policy could not be loaded"));
+    };
+    let rtype = segs.first().copied().unwrap_or("Patient");
+    let allows = |t: &str| {
+        matches!(
+            engine.requirement(p, carevault_policy::Action::Read, t),
+            carevault_policy::Requirement::Relationship { break_glass: true }
+        )
+    };
+    if allows(rtype) || allows("Observation") {
+        Ok(())
+    } else {
+        Err(refuse("no role of the principal allows break-the-glass"))
+    }
 }
 
 #[cfg(test)]

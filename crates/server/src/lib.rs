@@ -7,14 +7,17 @@
 mod access;
 pub mod audit;
 pub mod audit_api;
+mod authz;
 pub mod config;
 pub mod datadir;
 mod fhir;
+mod login;
 mod metadata;
 mod oauth;
 pub mod outcome;
 pub mod records;
 mod serve;
+mod smart;
 pub mod tls;
 
 use axum::Router;
@@ -42,6 +45,13 @@ pub struct App {
     pub ready: AtomicBool,
     /// The audit trail: every request's event, checkpoints.
     pub trail: Arc<audit::Trail>,
+    /// Human accounts (sealed records in the store).
+    pub accounts: Arc<carevault_identity::Accounts>,
+    /// Live browser sessions (in memory; see `carevault_identity::session`).
+    pub sessions: carevault_identity::Sessions,
+    /// The authorization policy in force (re-read from the store within a second of a change);
+    /// `None` when the stored policy could not be loaded at start: users are then refused.
+    pub policy: Option<Arc<carevault_policy::ActivePolicy>>,
 }
 
 impl App {
@@ -58,6 +68,22 @@ impl App {
             config.server.base_url.trim_end_matches('/').to_string()
         };
         let capability = metadata::capability_statement(&base_url);
+        let accounts = Arc::new(records::open_accounts_with(
+            rest.store().clone(),
+            &config.identity,
+        ));
+        let sessions = records::new_sessions(&config.identity);
+        let policy = match carevault_policy::ActivePolicy::open(
+            Arc::new(records::SystemRecords(rest.store().clone())),
+            Arc::new(carevault_auth::SystemClock),
+        ) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::error!(error = %e, "the authorization policy could not be loaded; signed-in users will be refused");
+                None
+            }
+        };
+        auth.attach_users(Arc::new(oauth::AccountDirectory(accounts.clone())));
         Arc::new(Self {
             config,
             rest,
@@ -66,6 +92,9 @@ impl App {
             capability,
             ready: AtomicBool::new(true),
             trail,
+            accounts,
+            sessions,
+            policy,
         })
     }
 }
@@ -93,6 +122,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/jwks", get(oauth::jwks))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route(
+            "/oauth2/authorize",
+            get(smart::authorize).post(smart::decide),
+        )
+        .route(
+            "/.well-known/smart-configuration",
+            get(smart::configuration),
+        )
+        .route("/login", get(login::login_page).post(login::login_submit))
+        .route("/login/mfa", get(login::mfa_page).post(login::mfa_submit))
+        .route("/login/mfa/qr.svg", get(login::mfa_qr))
+        .route("/login/style.css", get(login::stylesheet))
+        .route("/logout", post(login::logout))
         .route("/audit/checkpoint", get(audit_api::checkpoint))
         .route("/audit/proof/{seq}", get(audit_api::proof))
         .route("/audit/consistency", get(audit_api::consistency))

@@ -46,7 +46,9 @@ pub fn capability_statement(base_url: &str) -> bytes::Bytes {
             r
         })
         .collect();
-    let token_url = base_url.trim_end_matches("/fhir").to_string() + "/oauth2/token";
+    let root = base_url.trim_end_matches("/fhir").to_string();
+    let oauth_uri =
+        |name: &str, path: &str| json!({"url": name, "valueUri": format!("{root}{path}")});
     let statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -64,7 +66,12 @@ pub fn capability_statement(base_url: &str) -> bytes::Bytes {
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": token_url}]
+                    "extension": [
+                        oauth_uri("authorize", "/oauth2/authorize"),
+                        oauth_uri("token", "/oauth2/token"),
+                        oauth_uri("revoke", "/oauth2/revoke"),
+                        oauth_uri("introspect", "/oauth2/introspect"),
+                    ]
                 }]
             },
             "resource": resources,

@@ -115,6 +115,7 @@ impl ApiError {
                 Self::new(StatusCode::PRECONDITION_FAILED, "conflict", d)
             }
             RestError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
+            RestError::Forbidden(d) => Self::new(StatusCode::FORBIDDEN, "forbidden", d),
             RestError::NotSupported(d) => {
                 Self::new(StatusCode::NOT_IMPLEMENTED, "not-supported", d)
             }

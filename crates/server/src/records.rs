@@ -48,3 +48,35 @@ pub fn open_clients(
         Arc::new(carevault_auth::SystemRng::new()),
     )
 }
+
+/// The human accounts kept in the store's sealed records (Argon2id at the default cost), for
+/// admin commands (which never sign anyone in, so throttling settings do not matter there).
+pub fn open_accounts(store: Arc<dyn Store>) -> carevault_identity::Accounts {
+    open_accounts_with(store, &carevault_identity::IdentitySettings::default())
+}
+
+/// The human accounts of a running server, throttled as `settings` say.
+pub fn open_accounts_with(
+    store: Arc<dyn Store>,
+    settings: &carevault_identity::IdentitySettings,
+) -> carevault_identity::Accounts {
+    carevault_identity::Accounts::with_options(
+        Arc::new(SystemRecords(store)),
+        Arc::new(carevault_auth::SystemClock),
+        Arc::new(carevault_auth::SystemRng::new()),
+        carevault_identity::accounts::default_argon2_params(),
+        settings.throttle(),
+    )
+}
+
+/// An empty set of browser sessions with the timeouts of `settings`.
+pub fn new_sessions(
+    settings: &carevault_identity::IdentitySettings,
+) -> carevault_identity::Sessions {
+    carevault_identity::Sessions::new(
+        Arc::new(carevault_auth::SystemClock),
+        Arc::new(carevault_auth::SystemRng::new()),
+        settings.session_idle(),
+        settings.session_lifetime(),
+    )
+}

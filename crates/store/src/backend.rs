@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use carevault_crypto::{BlindTag, Keyring};
 
+use crate::care::{CareRows, CareWindows};
 use crate::error::{RestError, StoreError};
 use crate::plan::Plan;
 
@@ -134,6 +135,9 @@ pub struct NewVersion {
     /// The JSON still to be sealed under the owner's key, inside the write transaction that may
     /// have to create that key. A backend refuses to write a version while this is set.
     pub pending: Option<Vec<u8>>,
+    /// The care relationships this version states (types in [`crate::care::TRACKED_TYPES`]);
+    /// they replace the resource's previous rows. `None` for other types and deletions.
+    pub care: Option<CareRows>,
 }
 
 /// A store table holding sealed values, described so one generic routine can count and
@@ -453,6 +457,31 @@ pub trait Store: Send + Sync {
     /// Folds the write-ahead log into the database and empties it, so that no page image
     /// older than the last commit survives in the log; true when it completed.
     fn checkpoint_truncate(&self) -> Result<bool, StoreError>;
+    /// The care actors of a practitioner (`Practitioner/P` or `P`): `Practitioner/P` itself,
+    /// then, sorted, `PractitionerRole/R` of each of its active roles and `Location/L` of their
+    /// locations.
+    fn care_actors(&self, practitioner: &str) -> Result<Vec<String>, StoreError>;
+    /// The ids of the patients with whom any of `actors` has a care relationship at `now_ms`
+    /// (rules 1-5 of PRODUCT.md 2.3), sorted; with `billing`, instead the patients with a billing
+    /// relationship (rule 6, `actors` not consulted).
+    fn care_patients(
+        &self,
+        actors: &[String],
+        now_ms: i64,
+        windows: &CareWindows,
+        billing: bool,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Whether any of `actors` has a care relationship with `patient` (`Patient/X` or `X`) at
+    /// `now_ms`; with `billing`, whether the patient has a billing relationship. One index probe
+    /// per actor.
+    fn has_care_relationship(
+        &self,
+        actors: &[String],
+        patient: &str,
+        now_ms: i64,
+        windows: &CareWindows,
+        billing: bool,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Runs a job in the writer and hands back the value it produced.

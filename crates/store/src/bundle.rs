@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::backend::{NewVersion, ReadTx, Tx};
 use crate::error::RestError;
 use crate::rest::{self, Rest, Stored, Written};
+use crate::search::visibility::{Op, Visibility};
 use crate::{instant, search};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +267,7 @@ fn response(outcome: &Outcome) -> Value {
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
         410 => "Gone",
@@ -330,6 +332,7 @@ fn batch(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, RestErro
         }
     }
     let keyring = rest.store().keyring().clone();
+    let vis = rest.visibility().clone();
     let base = base_url.to_owned();
     let outcomes = rest.write(move |tx| {
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -343,7 +346,7 @@ fn batch(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, RestErro
                         let Some(entry) = entry.take() else {
                             return Ok(());
                         };
-                        let o = run_entry(tx, &keyring, entry, &base)?;
+                        let o = run_entry(tx, &keyring, &vis, entry, &base)?;
                         result = Some(o);
                         Ok(())
                     });
@@ -367,19 +370,21 @@ fn batch(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, RestErro
 fn run_entry(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     mut entry: Entry,
     base: &str,
 ) -> Result<Outcome, RestError> {
     if let Some(res) = entry.resource.as_mut() {
-        let map = resolve_conditional_refs(tx, keyring, entry.idx, std::slice::from_mut(res))?;
+        let map = resolve_conditional_refs(tx, keyring, vis, entry.idx, std::slice::from_mut(res))?;
         rewrite_refs(res, &map, &|_| false);
     }
-    run_write(tx, keyring, entry, base)
+    run_write(tx, keyring, vis, entry, base)
 }
 
 fn run_write(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     entry: Entry,
     base: &str,
 ) -> Result<Outcome, RestError> {
@@ -394,6 +399,7 @@ fn run_write(
                 rest::create_in_tx(
                     tx,
                     keyring,
+                    vis,
                     &entry.rtype,
                     res,
                     entry.if_none_exist.as_deref(),
@@ -416,14 +422,24 @@ fn run_write(
                         }));
                     }
                     Outcome::Written(
-                        rest::put_in_tx(tx, keyring, &entry.rtype, id, res, entry.if_match, "PUT")
-                            .map_err(wrap)?,
+                        rest::put_in_tx(
+                            tx,
+                            keyring,
+                            vis,
+                            &entry.rtype,
+                            id,
+                            res,
+                            entry.if_match,
+                            "PUT",
+                        )
+                        .map_err(wrap)?,
                     )
                 }
                 (None, Some(q)) => Outcome::Written(
                     rest::conditional_update_in_tx(
                         tx,
                         keyring,
+                        vis,
                         &entry.rtype,
                         q,
                         res,
@@ -435,9 +451,11 @@ fn run_write(
             }
         }
         Method::Delete => match (&entry.id, &entry.query) {
-            (Some(id), _) => Outcome::Deleted(rest::delete_in_tx(tx, &entry.rtype, id)?),
+            (Some(id), _) => Outcome::Deleted(
+                rest::delete_in_tx(tx, keyring, vis, &entry.rtype, id).map_err(wrap)?,
+            ),
             (None, Some(q)) => {
-                rest::conditional_delete_in_tx(tx, keyring, &entry.rtype, q).map_err(wrap)?;
+                rest::conditional_delete_in_tx(tx, keyring, vis, &entry.rtype, q).map_err(wrap)?;
                 Outcome::Deleted(None)
             }
             _ => return Err(wrap(RestError::bad("DELETE needs an id or criteria"))),
@@ -450,14 +468,14 @@ fn run_write(
             })?;
             let patch = json_patch_of(idx, entry.resource.as_ref())?;
             Outcome::Written(
-                rest::patch_in_tx(tx, keyring, &entry.rtype, &id, &patch, entry.if_match)
+                rest::patch_in_tx(tx, keyring, vis, &entry.rtype, &id, &patch, entry.if_match)
                     .map_err(wrap)?,
             )
         }
         Method::Get => {
             let body = match (&entry.id, &entry.version) {
                 (Some(id), None) => {
-                    let s = rest::read_in(tx, keyring, &entry.rtype, id)?;
+                    let s = rest::read_in(tx, keyring, vis, &entry.rtype, id)?;
                     serde_json::from_slice(&s.json)
                         .map_err(|e| RestError::Integrity(e.to_string()))?
                 }
@@ -473,6 +491,12 @@ fn run_write(
                             rtype: entry.rtype.clone(),
                             id: id.clone(),
                         })?;
+                    if !crate::search::version_visible(tx, keyring, vis, &rec)? {
+                        return Err(RestError::NotFound {
+                            rtype: entry.rtype.clone(),
+                            id: id.clone(),
+                        });
+                    }
                     let s = rest::open_record(tx, keyring, &rec)?;
                     serde_json::from_slice(&s.json)
                         .map_err(|e| RestError::Integrity(e.to_string()))?
@@ -486,7 +510,7 @@ fn run_write(
                         base_url: base,
                         strict: false,
                     };
-                    search::run(tx, keyring, &req)?
+                    search::run(tx, keyring, vis, &req)?
                 }
             };
             Outcome::Read(body)
@@ -499,6 +523,7 @@ fn run_write(
 fn resolve_conditional_refs(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     idx: usize,
     resources: &mut [Value],
 ) -> Result<HashMap<String, String>, RestError> {
@@ -529,7 +554,7 @@ fn resolve_conditional_refs(
         let Some((rtype, q)) = r.split_once('?') else {
             continue;
         };
-        let keys = search::matching_keys(tx, keyring, rtype, q)
+        let keys = search::matching_keys(tx, keyring, vis, rtype, q)
             .map_err(|e| prefix_issues(idx, rtype, e))?;
         if keys.len() != 1 {
             return Err(RestError::PreconditionFailed(format!(
@@ -591,6 +616,18 @@ fn transaction(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, Re
         }
     }
     let keyring = rest.store().keyring().clone();
+    let vis = rest.visibility().clone();
+    // Every create must be allowed before anything is prepared or written.
+    for e in &entries {
+        if let (Method::Post, Some(res)) = (e.method, &e.resource)
+            && !vis.allows(Op::Create, &e.rtype, res)
+            && !has_ref(res, &|s| {
+                s.starts_with("urn:uuid:") || is_conditional_ref(s)
+            })
+        {
+            return Err(forbidden_create(e.idx, &e.rtype));
+        }
+    }
     // Conditional references resolved now, on a read snapshot, so that the resources holding
     // them can be prepared outside the writer; the transaction re-checks each one.
     let pre = pre_resolve(rest, &keyring, &entries)?;
@@ -612,20 +649,23 @@ fn transaction(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, Re
             let mut refs = Vec::new();
             rest::literal_refs(&res, &mut refs);
             e.prepared_refs = Some(refs);
+            if !vis.allows(Op::Create, &e.rtype, &res) {
+                return Err(forbidden_create(e.idx, &e.rtype));
+            }
             e.prepared = Some(rest::prepare(&keyring, &e.rtype, &id, 1, now, res, "POST")?);
         }
     }
     let base = base_url.to_owned();
     let outcomes = rest.write(move |tx| {
         for (reference, target) in &pre {
-            if resolve_one(tx, &keyring, reference)?.as_ref() != Some(target) {
+            if resolve_one(tx, &keyring, &vis, reference)?.as_ref() != Some(target) {
                 return Err(RestError::Conflict(
                     "a conditional reference changed while the transaction was being prepared; retry it".into(),
                 ));
             }
         }
         map.extend(pre);
-        run_transaction(tx, &keyring, entries, map, &base)
+        run_transaction(tx, &keyring, &vis, entries, map, &base)
     })?;
     Ok(response_bundle("transaction-response", &outcomes))
 }
@@ -634,12 +674,13 @@ fn transaction(rest: &Rest, raw: Vec<Value>, base_url: &str) -> Result<Value, Re
 fn resolve_one(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     reference: &str,
 ) -> Result<Option<String>, RestError> {
     let Some((rtype, q)) = reference.split_once('?') else {
         return Ok(None);
     };
-    let keys = match search::matching_keys(r, keyring, rtype, q) {
+    let keys = match search::matching_keys(r, keyring, vis, rtype, q) {
         Ok(k) => k,
         Err(_) => return Ok(None),
     };
@@ -672,7 +713,7 @@ fn pre_resolve(
     }
     let mut reader = rest.store().reader()?;
     for reference in refs {
-        if let Some(target) = resolve_one(&mut *reader, keyring, &reference)? {
+        if let Some(target) = resolve_one(&mut *reader, keyring, rest.visibility(), &reference)? {
             out.insert(reference, target);
         }
     }
@@ -697,6 +738,7 @@ fn collect_conditional(v: &Value, out: &mut Vec<String>) {
 fn run_transaction(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     mut entries: Vec<Entry>,
     mut map: HashMap<String, String>,
     base: &str,
@@ -707,6 +749,7 @@ fn run_transaction(
         let o = run_write(
             tx,
             keyring,
+            vis,
             Entry {
                 resource: None,
                 prepared: None,
@@ -728,7 +771,7 @@ fn run_transaction(
         let id = if let Some(id) = by_criteria.get(&key) {
             id.clone()
         } else {
-            let keys = search::matching_keys(tx, keyring, &e.rtype, &criteria)
+            let keys = search::matching_keys(tx, keyring, vis, &e.rtype, &criteria)
                 .map_err(|err| prefix_issues(e.idx, &e.rtype, err))?;
             let id = match keys.len() {
                 0 => e
@@ -777,7 +820,7 @@ fn run_transaction(
             continue;
         };
         rewrite_refs(res, &map, &|_| false);
-        let cond = resolve_conditional_refs(tx, keyring, e.idx, std::slice::from_mut(res))?;
+        let cond = resolve_conditional_refs(tx, keyring, vis, e.idx, std::slice::from_mut(res))?;
         if !cond.is_empty() {
             rewrite_refs(res, &cond, &|_| false);
             map.extend(cond);
@@ -837,6 +880,9 @@ fn run_transaction(
                 .resource
                 .take()
                 .ok_or_else(|| RestError::bad("missing resource"))?;
+            if !vis.allows(Op::Create, &e.rtype, &res) {
+                return Err(forbidden_create(e.idx, &e.rtype));
+            }
             let (mut nv, stored) = rest::prepare(keyring, &e.rtype, &id, 1, now, res, "POST")
                 .map_err(|err| prefix_issues(e.idx, &e.rtype, err))?;
             rest::put_new_version(tx, keyring, &mut nv)
@@ -866,12 +912,13 @@ fn run_transaction(
                 o.insert("id".into(), Value::String(id.clone()));
             }
         }
-        outcomes[e.idx] = Some(run_write(tx, keyring, entry, base)?);
+        outcomes[e.idx] = Some(run_write(tx, keyring, vis, entry, base)?);
     }
     for e in entries.iter().filter(|e| e.method == Method::Get) {
         outcomes[e.idx] = Some(run_write(
             tx,
             keyring,
+            vis,
             Entry {
                 resource: None,
                 prepared: None,
@@ -901,4 +948,10 @@ fn clone_head(e: &Entry) -> Entry {
         prepared: None,
         prepared_refs: None,
     }
+}
+
+fn forbidden_create(idx: usize, rtype: &str) -> RestError {
+    RestError::Forbidden(format!(
+        "Bundle.entry[{idx}]: the caller may not create this {rtype}: its role, care relationships and the token's scopes do not allow it for the patient it concerns."
+    ))
 }

@@ -52,6 +52,11 @@ pub enum RestError {
         diagnostics: String,
         expression: Option<String>,
     },
+    /// 403: the caller may not do this to this resource (its role, the token's scopes or the
+    /// care relationship do not allow it). Only used where the caller could see the resource or
+    /// supplied it, so it reveals nothing the caller may not know.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// 412: a stale `If-Match` or an ambiguous conditional interaction.
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
@@ -103,6 +108,7 @@ impl RestError {
             RestError::Gone { .. } => 410,
             RestError::Invalid(_) => 422,
             RestError::BadRequest { .. } => 400,
+            RestError::Forbidden(_) => 403,
             RestError::PreconditionFailed(_) => 412,
             RestError::Conflict(_) => 409,
             RestError::NotSupported(_) => 501,
@@ -142,6 +148,7 @@ impl RestError {
                 vec![issue("conflict", self.to_string(), None)]
             }
             RestError::NotSupported(_) => vec![issue("not-supported", self.to_string(), None)],
+            RestError::Forbidden(m) => vec![issue("forbidden", m.clone(), None)],
             RestError::Integrity(_) | RestError::Store(_) => {
                 vec![issue(
                     "exception",

@@ -21,6 +21,7 @@
 pub mod audit_log;
 pub mod backend;
 mod bundle;
+pub mod care;
 pub mod error;
 pub mod indexing;
 pub mod instant;
@@ -41,11 +42,15 @@ pub use backend::{
     ReadTx, Store, Tx, delete_system_record, get_system_record, list_system_records,
     put_system_record, write_with,
 };
+pub use care::{CareKind, CareRows, CareWindows};
 pub use error::{RestError, StoreError};
 pub use rest::{Rest, Stored, Written};
+pub use search::visibility::{Access, AccessRule, Op, Visibility};
 pub use search::{HistoryRequest, SearchRequest};
 pub use sqlite::{SqliteStore, open_sqlite};
 pub use write_audit::{AuditHook, WriteFact};
 
+#[cfg(test)]
+mod care_tests;
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,15 @@ pub enum Cond {
     /// Reverse chaining: some resource matching `inner` (of `inner.rtype`) points at this one
     /// through its reference parameter `param`.
     Has { param: ParamRef, inner: Box<Plan> },
+    /// Visibility (see `search::visibility`): the resource is in the Patient compartment of at
+    /// least one of `patients` (through the compartment reference parameters `params`, or, with
+    /// `own_id`, by being one of those Patients) and references no Patient outside them through
+    /// those parameters.
+    Compartment {
+        params: Vec<ParamRef>,
+        patients: std::sync::Arc<Vec<String>>,
+        own_id: bool,
+    },
     /// Matches nothing (e.g. a reference to a type the parameter cannot point at).
     Nothing,
 }

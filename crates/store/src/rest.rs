@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::{NewVersion, PatientKeyRow, ReadTx, Store, Tx, VersionRecord, write_with};
 use crate::error::RestError;
+use crate::search::visibility::{Op, Visibility};
 use crate::write_audit::{AuditHook, RecordingTx};
 use crate::{fhirdefs, indexing, instant, search};
 
@@ -37,11 +38,44 @@ pub struct Written {
     pub stored: Stored,
 }
 
-/// The FHIR interactions over a store.
+/// The FHIR interactions over a store, as seen by one caller: every read, search, history and
+/// Bundle entry goes through the [`Visibility`] it carries, and every write is checked against it.
 #[derive(Clone)]
 pub struct Rest {
     store: Arc<dyn Store>,
     audit: Option<AuditHook>,
+    vis: Visibility,
+}
+
+/// Refuses a write `op` of `resource` unless `vis` allows it.
+fn check_write(vis: &Visibility, op: Op, rtype: &str, resource: &Value) -> Result<(), RestError> {
+    if vis.allows(op, rtype, resource) {
+        return Ok(());
+    }
+    let verb = match op {
+        Op::Read => "read",
+        Op::Create => "create",
+        Op::Update => "update",
+        Op::Delete => "delete",
+    };
+    Err(RestError::Forbidden(format!(
+        "The caller may not {verb} this {rtype}: its role, care relationships and the token's scopes do not allow it for the patient it concerns."
+    )))
+}
+
+/// Opens a current (not deleted) version and tells whether `vis` lets the caller `op` it.
+fn stored_allows(
+    tx: &mut dyn ReadTx,
+    keyring: &Keyring,
+    vis: &Visibility,
+    op: Op,
+    rec: &VersionRecord,
+) -> Result<bool, RestError> {
+    if vis.is_everything() {
+        return Ok(true);
+    }
+    let s = open_record(tx, keyring, rec)?;
+    Ok(vis.allows_json(op, &rec.rtype, &s.json))
 }
 
 /// Record identity a version body is sealed to.
@@ -259,6 +293,7 @@ pub fn prepare(
         index,
         owner,
         pending,
+        care: crate::care::derive(rtype, &resource, now_ms),
     };
     Ok((
         nv,
@@ -291,9 +326,14 @@ fn check_if_match(
 
 /// Creates or updates `rtype/id` to `resource` inside a write transaction (update-as-create
 /// included). `resource` must already be validated.
+///
+/// The caller must be allowed to write the new content, and, when the resource exists, to read
+/// and update the old one.
+#[allow(clippy::too_many_arguments)]
 pub fn put_in_tx(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     id: &str,
     resource: Value,
@@ -301,6 +341,25 @@ pub fn put_in_tx(
     method: &'static str,
 ) -> Result<Written, RestError> {
     let cur = tx.current(rtype, id)?;
+    let live = cur.as_ref().filter(|c| !c.deleted);
+    check_write(
+        vis,
+        if live.is_some() {
+            Op::Update
+        } else {
+            Op::Create
+        },
+        rtype,
+        &resource,
+    )?;
+    if let Some(c) = live
+        && !(stored_allows(tx, keyring, vis, Op::Read, c)?
+            && stored_allows(tx, keyring, vis, Op::Update, c)?)
+    {
+        return Err(RestError::Forbidden(format!(
+            "The caller may not update {rtype}/{id}."
+        )));
+    }
     check_if_match(cur.as_ref(), if_match, rtype, id)?;
     check_references(
         tx,
@@ -323,13 +382,25 @@ pub fn put_in_tx(
 }
 
 /// Deletes `rtype/id` inside a write transaction; the new (deletion) version, if there was
-/// anything to delete.
-pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
+/// anything to delete. A resource the caller may not read is left alone and answers like one
+/// that does not exist; one it may read but not delete is refused.
+pub fn delete_in_tx(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    vis: &Visibility,
+    rtype: &str,
+    id: &str,
+) -> Result<Option<u64>, RestError> {
     let Some(cur) = tx.current(rtype, id)? else {
         return Ok(None);
     };
-    if cur.deleted {
+    if cur.deleted || !stored_allows(tx, keyring, vis, Op::Read, &cur)? {
         return Ok(None);
+    }
+    if !stored_allows(tx, keyring, vis, Op::Delete, &cur)? {
+        return Err(RestError::Forbidden(format!(
+            "The caller may not delete {rtype}/{id}."
+        )));
     }
     let nv = NewVersion {
         rtype: rtype.to_owned(),
@@ -342,6 +413,7 @@ pub fn delete_in_tx(tx: &mut dyn Tx, rtype: &str, id: &str) -> Result<Option<u64
         index: Vec::new(),
         owner: None,
         pending: None,
+        care: None,
     };
     tx.put_version(&nv)?;
     Ok(Some(nv.version))
@@ -393,18 +465,23 @@ pub fn check_references(
     Ok(())
 }
 
-/// Reads a current resource through any read transaction: 404/410 as appropriate.
+/// Reads a current resource through any read transaction: 404/410 as appropriate. A resource
+/// `vis` hides answers 404 exactly like one that never existed (a deleted one is 410 only when
+/// its last content was visible).
 pub fn read_in(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     id: &str,
 ) -> Result<Stored, RestError> {
+    let not_found = || RestError::NotFound {
+        rtype: rtype.to_owned(),
+        id: id.to_owned(),
+    };
     match r.current(rtype, id)? {
-        None => Err(RestError::NotFound {
-            rtype: rtype.to_owned(),
-            id: id.to_owned(),
-        }),
+        None => Err(not_found()),
+        Some(rec) if !search::version_visible(r, keyring, vis, &rec)? => Err(not_found()),
         Some(rec) if rec.deleted => Err(RestError::Gone {
             rtype: rtype.to_owned(),
             id: id.to_owned(),
@@ -416,15 +493,20 @@ pub fn read_in(
 }
 
 /// Conditional create inside a transaction: the existing match, or a new resource.
+///
+/// The caller must be allowed to create the new content; the `If-None-Exist` criteria only see
+/// resources the caller may read.
 pub fn create_in_tx(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     resource: Value,
     if_none_exist: Option<&str>,
 ) -> Result<Written, RestError> {
+    check_write(vis, Op::Create, rtype, &resource)?;
     if let Some(q) = if_none_exist {
-        let keys = search::matching_keys(tx, keyring, rtype, q)?;
+        let keys = search::matching_keys(tx, keyring, vis, rtype, q)?;
         match keys.len() {
             0 => {}
             1 => {
@@ -455,9 +537,13 @@ pub fn create_in_tx(
 }
 
 impl Rest {
-    /// Interactions over `store`.
+    /// Interactions over `store` that see everything (imports, maintenance, system clients).
     pub fn new(store: Arc<dyn Store>) -> Rest {
-        Rest { store, audit: None }
+        Rest {
+            store,
+            audit: None,
+            vis: Visibility::everything(),
+        }
     }
 
     /// The same interactions with every successful write job also appending the audit entries
@@ -466,7 +552,22 @@ impl Rest {
         Rest {
             store: self.store.clone(),
             audit: Some(hook),
+            vis: self.vis.clone(),
         }
+    }
+
+    /// The same interactions as seen by a caller with visibility `vis`.
+    pub fn restricted(&self, vis: Visibility) -> Rest {
+        Rest {
+            store: self.store.clone(),
+            audit: self.audit.clone(),
+            vis,
+        }
+    }
+
+    /// The visibility these interactions run under.
+    pub fn visibility(&self) -> &Visibility {
+        &self.vis
     }
 
     /// Runs a write job in the store's writer, with its audit entries when this `Rest` is audited.
@@ -502,7 +603,7 @@ impl Rest {
     /// The current version of `rtype/id`.
     pub fn read(&self, rtype: &str, id: &str) -> Result<Stored, RestError> {
         let mut r = self.store.reader()?;
-        read_in(&mut *r, self.store.keyring(), rtype, id)
+        read_in(&mut *r, self.store.keyring(), &self.vis, rtype, id)
     }
 
     /// One version of `rtype/id`.
@@ -514,6 +615,9 @@ impl Rest {
         let v: u64 = version.parse().map_err(|_| not_found())?;
         let mut reader = self.store.reader()?;
         let rec = reader.version(rtype, id, v)?.ok_or_else(not_found)?;
+        if !search::version_visible(&mut *reader, self.store.keyring(), &self.vis, &rec)? {
+            return Err(not_found());
+        }
         if rec.deleted {
             return Err(RestError::Gone {
                 rtype: rtype.to_owned(),
@@ -533,6 +637,7 @@ impl Rest {
         if_none_exist: Option<&str>,
     ) -> Result<Written, RestError> {
         check_resource(rtype, &resource)?;
+        check_write(&self.vis, Op::Create, rtype, &resource)?;
         let keyring = self.keyring();
         if if_none_exist.is_none() {
             // Everything but the insert happens here, in parallel with other callers.
@@ -562,7 +667,8 @@ impl Rest {
             });
         }
         let (rtype, q) = (rtype.to_owned(), if_none_exist.map(str::to_owned));
-        self.write(move |tx| create_in_tx(tx, &keyring, &rtype, resource, q.as_deref()))
+        let vis = self.vis.clone();
+        self.write(move |tx| create_in_tx(tx, &keyring, &vis, &rtype, resource, q.as_deref()))
     }
 
     /// Updates (or creates, with the client's id) `rtype/id`.
@@ -585,7 +691,8 @@ impl Rest {
         }
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.write(move |tx| put_in_tx(tx, &keyring, &rtype, &id, resource, if_match, "PUT"))
+        let vis = self.vis.clone();
+        self.write(move |tx| put_in_tx(tx, &keyring, &vis, &rtype, &id, resource, if_match, "PUT"))
     }
 
     /// Conditional update: the search `query` decides which resource (if any) is updated.
@@ -599,8 +706,9 @@ impl Rest {
         check_resource(rtype, &resource)?;
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
+        let vis = self.vis.clone();
         self.write(move |tx| {
-            conditional_update_in_tx(tx, &keyring, &rtype, &query, resource, if_match)
+            conditional_update_in_tx(tx, &keyring, &vis, &rtype, &query, resource, if_match)
         })
     }
 
@@ -614,32 +722,36 @@ impl Rest {
     ) -> Result<Written, RestError> {
         let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.write(move |tx| patch_in_tx(tx, &keyring, &rtype, &id, &json_patch, if_match))
+        let vis = self.vis.clone();
+        self.write(move |tx| patch_in_tx(tx, &keyring, &vis, &rtype, &id, &json_patch, if_match))
     }
 
     /// Deletes `rtype/id`; the deletion's version, or `None` when there was nothing to delete.
     pub fn delete(&self, rtype: &str, id: &str) -> Result<Option<u64>, RestError> {
+        let keyring = self.keyring();
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.write(move |tx| delete_in_tx(tx, &rtype, &id))
+        let vis = self.vis.clone();
+        self.write(move |tx| delete_in_tx(tx, &keyring, &vis, &rtype, &id))
     }
 
     /// Deletes every resource matching `query`; how many were deleted.
     pub fn conditional_delete(&self, rtype: &str, query: &str) -> Result<usize, RestError> {
         let keyring = self.keyring();
         let (rtype, query) = (rtype.to_owned(), query.to_owned());
-        self.write(move |tx| conditional_delete_in_tx(tx, &keyring, &rtype, &query))
+        let vis = self.vis.clone();
+        self.write(move |tx| conditional_delete_in_tx(tx, &keyring, &vis, &rtype, &query))
     }
 
     /// A search; answers a `searchset` Bundle.
     pub fn search(&self, req: &search::SearchRequest<'_>) -> Result<Value, RestError> {
         let mut r = self.store.reader()?;
-        search::run(&mut *r, self.store.keyring(), req)
+        search::run(&mut *r, self.store.keyring(), &self.vis, req)
     }
 
     /// A history (instance, type or system); answers a `history` Bundle.
     pub fn history(&self, req: &search::HistoryRequest<'_>) -> Result<Value, RestError> {
         let mut r = self.store.reader()?;
-        search::history(&mut *r, self.store.keyring(), req)
+        search::history(&mut *r, self.store.keyring(), &self.vis, req)
     }
 
     /// Processes a batch or transaction Bundle; answers the response Bundle.
@@ -649,15 +761,19 @@ impl Rest {
 }
 
 /// Conditional update inside a transaction.
+///
+/// The criteria only see resources the caller may read (a hidden match is as good as none, so the
+/// answer never depends on data the caller may not see).
 pub fn conditional_update_in_tx(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     query: &str,
     resource: Value,
     if_match: Option<u64>,
 ) -> Result<Written, RestError> {
-    let keys = search::matching_keys(tx, keyring, rtype, query)?;
+    let keys = search::matching_keys(tx, keyring, vis, rtype, query)?;
     let body_id = resource
         .get("id")
         .and_then(Value::as_str)
@@ -665,7 +781,7 @@ pub fn conditional_update_in_tx(
     match keys.len() {
         0 => {
             let id = body_id.unwrap_or_else(new_id);
-            put_in_tx(tx, keyring, rtype, &id, resource, if_match, "PUT")
+            put_in_tx(tx, keyring, vis, rtype, &id, resource, if_match, "PUT")
         }
         1 => {
             let recs = tx.load(&keys)?;
@@ -685,7 +801,7 @@ pub fn conditional_update_in_tx(
             if let Value::Object(o) = &mut resource {
                 o.insert("id".into(), Value::String(id.clone()));
             }
-            put_in_tx(tx, keyring, rtype, &id, resource, if_match, "PUT")
+            put_in_tx(tx, keyring, vis, rtype, &id, resource, if_match, "PUT")
         }
         n => Err(RestError::PreconditionFailed(format!(
             "the conditional update criteria match {n} {rtype} resources; make them more selective"
@@ -697,10 +813,11 @@ pub fn conditional_update_in_tx(
 pub fn conditional_delete_in_tx(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     query: &str,
 ) -> Result<usize, RestError> {
-    let keys = search::matching_keys(tx, keyring, rtype, query)?;
+    let keys = search::matching_keys(tx, keyring, vis, rtype, query)?;
     // Conditional delete is "single": a condition that matches several resources deletes none,
     // so a loose query can never wipe out part of a chart.
     if keys.len() > 1 {
@@ -712,7 +829,7 @@ pub fn conditional_delete_in_tx(
     let recs = tx.load(&keys)?;
     let mut n = 0;
     for rec in recs {
-        if delete_in_tx(tx, rtype, &rec.id)?.is_some() {
+        if delete_in_tx(tx, keyring, vis, rtype, &rec.id)?.is_some() {
             n += 1;
         }
     }
@@ -723,12 +840,18 @@ pub fn conditional_delete_in_tx(
 pub fn patch_in_tx(
     tx: &mut dyn Tx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     id: &str,
     json_patch: &Value,
     if_match: Option<u64>,
 ) -> Result<Written, RestError> {
-    let cur = read_in(tx, keyring, rtype, id)?;
+    let cur = read_in(tx, keyring, vis, rtype, id)?;
+    if !vis.allows_json(Op::Update, rtype, &cur.json) {
+        return Err(RestError::Forbidden(format!(
+            "The caller may not update {rtype}/{id}."
+        )));
+    }
     check_if_match(
         Some(&VersionRecord {
             key: crate::backend::ResKey(0),
@@ -754,6 +877,7 @@ pub fn patch_in_tx(
         });
     }
     check_resource(rtype, &patched)?;
+    check_write(vis, Op::Update, rtype, &patched)?;
     check_references(
         tx,
         &patched,

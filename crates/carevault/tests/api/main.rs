@@ -4,15 +4,20 @@
 mod harness;
 
 mod audit;
+mod authz_matrix;
 mod client_library;
 mod durability;
 mod import;
 mod keys;
+mod leaks;
 mod lifecycle;
+mod login;
 mod rejections;
 mod rest;
 mod search;
 mod siem;
+mod smart;
 mod synthea;
 mod tls_scan;
+mod token_attacks;
 mod validator_cases;

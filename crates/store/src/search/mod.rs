@@ -7,6 +7,7 @@
 //! requests can shift later pages by one; no resource is ever reported under two orders.
 
 pub mod parse;
+pub mod visibility;
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -21,6 +22,7 @@ use crate::plan::{Cond, Plan};
 use crate::rest::{Stored, open_record};
 use crate::{fhirdefs, instant};
 use parse::{Check, Parsed, Verifier};
+use visibility::{Op, Visibility};
 
 /// Default page size.
 pub const DEFAULT_COUNT: usize = 20;
@@ -183,6 +185,7 @@ fn parse_include(name: &str, v: &str, rev: bool) -> Result<Include, RestError> {
 
 fn compile(
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     compartment: Option<(&str, &str)>,
     params: &[(String, String)],
@@ -326,14 +329,19 @@ fn compile(
             c.kept.push((name.clone(), value.clone()));
         }
     }
+    // Only visible resources match, and chains and `_has` only match through visible ones.
+    vis.restrict(&mut c.plan);
     Ok(c)
 }
 
 /// Keys of the resources of `rtype` matching a (raw, URL-encoded) query, as conditional
-/// interactions need: unknown parameters are errors, result parameters are not allowed.
+/// interactions need: unknown parameters are errors, result parameters are not allowed. Only
+/// resources `vis` lets the caller read can match, so a conditional interaction answers the same
+/// whether or not a resource hidden from the caller meets its criteria.
 pub fn matching_keys(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     rtype: &str,
     query: &str,
 ) -> Result<Vec<ResKey>, RestError> {
@@ -343,7 +351,7 @@ pub fn matching_keys(
             "conditional criteria must not be empty".into(),
         ));
     }
-    let c = compile(keyring, rtype, None, &params, "", true)?;
+    let c = compile(keyring, vis, rtype, None, &params, "", true)?;
     let keys = r.search(&c.plan, NativeSort::Key, 0, MEMORY_CAP + 1)?;
     if c.verifiers.is_empty() {
         return Ok(keys);
@@ -444,14 +452,16 @@ fn native_sort(sort: &[(String, bool)]) -> Option<NativeSort> {
     }
 }
 
-/// Runs a search on a snapshot and builds the `searchset` Bundle.
+/// Runs a search on a snapshot and builds the `searchset` Bundle, seeing only what `vis` allows.
 pub fn run(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     req: &SearchRequest<'_>,
 ) -> Result<Value, RestError> {
     let c = compile(
         keyring,
+        vis,
         req.rtype,
         req.compartment,
         req.params,
@@ -541,7 +551,7 @@ pub fn run(
             )
         }
     };
-    let included = includes(r, keyring, &c, req.rtype, &page)?;
+    let included = includes(r, keyring, vis, &c, req.rtype, &page)?;
     Ok(searchset(req, &c, page, included, total))
 }
 
@@ -557,6 +567,7 @@ fn ref_params(rtype: &str) -> Vec<String> {
 fn includes(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     c: &Compiled,
     rtype: &str,
     page: &[Hit],
@@ -573,7 +584,7 @@ fn includes(
         .iter()
         .map(|(k, s, _)| (*k, s.rtype.clone(), s.id.clone()))
         .collect();
-    let first = include_level(r, keyring, c, &level, false, &mut seen)?;
+    let first = include_level(r, keyring, vis, c, &level, false, &mut seen)?;
     let next: Vec<(ResKey, String, String)> = first
         .iter()
         .map(|(k, s, _)| (*k, s.rtype.clone(), s.id.clone()))
@@ -581,7 +592,7 @@ fn includes(
     out.extend(first);
     let _ = rtype;
     if c.includes.iter().chain(&c.revincludes).any(|i| i.iterate) {
-        out.extend(include_level(r, keyring, c, &next, true, &mut seen)?);
+        out.extend(include_level(r, keyring, vis, c, &next, true, &mut seen)?);
     }
     Ok(out.into_iter().map(|(_, s, v)| (s, v)).collect())
 }
@@ -589,6 +600,7 @@ fn includes(
 fn include_level(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     c: &Compiled,
     from: &[(ResKey, String, String)],
     iterate_only: bool,
@@ -600,11 +612,19 @@ fn include_level(
                 seen: &mut HashSet<(String, String)>,
                 found: &mut Vec<_>|
      -> Result<(), RestError> {
-        if rec.deleted || !seen.insert((rec.rtype.clone(), rec.id.clone())) {
+        if rec.deleted
+            || vis.access(Op::Read, &rec.rtype) == visibility::Access::Hidden
+            || seen.contains(&(rec.rtype.clone(), rec.id.clone()))
+        {
             return Ok(());
         }
         let s = open_record(r, keyring, &rec)?;
         let v = parse_json(&s)?;
+        // A resource the caller may not see is left out as if it did not exist.
+        if !vis.allows(Op::Read, &rec.rtype, &v) {
+            return Ok(());
+        }
+        seen.insert((rec.rtype.clone(), rec.id.clone()));
         found.push((rec.key, s, v));
         Ok(())
     };
@@ -793,9 +813,15 @@ fn searchset(
 }
 
 /// Runs a history request on a snapshot and builds the `history` Bundle.
+///
+/// Under a restricted [`Visibility`] the versions are filtered one by one (a version is shown when
+/// the caller may read it, a deletion when the version before it could be read), `total` is given
+/// only when the filtered scan reached the end, and a scan longer than [`HISTORY_SCAN_CAP`]
+/// versions is refused with advice to narrow it.
 pub fn history(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
+    vis: &Visibility,
     req: &HistoryRequest<'_>,
 ) -> Result<Value, RestError> {
     let mut count = DEFAULT_COUNT;
@@ -825,18 +851,35 @@ pub fn history(
         (Some(t), None) => HistoryScope::Type(t),
         _ => HistoryScope::System,
     };
-    if let HistoryScope::Instance(t, id) = scope
-        && r.current(t, id)?.is_none()
-    {
-        return Err(RestError::NotFound {
-            rtype: t.into(),
-            id: id.into(),
-        });
+    if let HistoryScope::Instance(t, id) = scope {
+        let visible = match r.current(t, id)? {
+            None => false,
+            Some(cur) => version_visible(r, keyring, vis, &cur)?,
+        };
+        if !visible {
+            return Err(RestError::NotFound {
+                rtype: t.into(),
+                id: id.into(),
+            });
+        }
     }
-    let total = r.history_count(scope, since)?;
-    let recs = r.history(scope, since, offset, count)?;
+    let filtered = match scope {
+        HistoryScope::Instance(t, _) | HistoryScope::Type(t) => {
+            vis.access(Op::Read, t) != visibility::Access::All
+        }
+        HistoryScope::System => !vis.is_everything(),
+    };
+    let (recs, total) = if filtered {
+        filtered_history(r, keyring, vis, scope, since, offset, count)?
+    } else {
+        (
+            r.history(scope, since, offset, count)?,
+            Some(r.history_count(scope, since)?),
+        )
+    };
     let base = req.base_url.trim_end_matches('/');
     let mut entries = Vec::with_capacity(recs.len());
+    let shown = recs.len();
     for rec in recs {
         let mut e = Map::new();
         e.insert(
@@ -880,16 +923,99 @@ pub fn history(
     if offset > 0 {
         links.push(json!({"relation": "previous", "url": mk(offset.saturating_sub(count))}));
     }
-    if offset + entries.len() < total {
+    let more = match total {
+        Some(t) => offset + shown < t,
+        None => true,
+    };
+    if more {
         links.push(json!({"relation": "next", "url": mk(offset + count)}));
     }
-    Ok(json!({
-        "resourceType": "Bundle",
-        "id": crate::rest::new_id(),
-        "meta": {"lastUpdated": instant::format_ms(instant::now_ms())},
-        "type": "history",
-        "total": total,
-        "link": links,
-        "entry": entries,
-    }))
+    let mut b = Map::new();
+    b.insert("resourceType".into(), json!("Bundle"));
+    b.insert("id".into(), json!(crate::rest::new_id()));
+    b.insert(
+        "meta".into(),
+        json!({"lastUpdated": instant::format_ms(instant::now_ms())}),
+    );
+    b.insert("type".into(), json!("history"));
+    if let Some(t) = total {
+        b.insert("total".into(), json!(t));
+    }
+    b.insert("link".into(), Value::Array(links));
+    b.insert("entry".into(), Value::Array(entries));
+    Ok(Value::Object(b))
+}
+
+/// Most versions a filtered history request examines.
+pub const HISTORY_SCAN_CAP: usize = 100_000;
+
+/// The visible versions of `scope`, newest first, after skipping `offset`, at most `count`; the
+/// number of visible versions when the scan reached the end.
+fn filtered_history(
+    r: &mut dyn ReadTx,
+    keyring: &Keyring,
+    vis: &Visibility,
+    scope: HistoryScope<'_>,
+    since: Option<i64>,
+    offset: usize,
+    count: usize,
+) -> Result<(Vec<VersionRecord>, Option<usize>), RestError> {
+    const BATCH: usize = 500;
+    let mut seen_visible = 0usize;
+    let mut out = Vec::new();
+    let mut scanned = 0usize;
+    loop {
+        let batch = r.history(scope, since, scanned, BATCH)?;
+        let n = batch.len();
+        for rec in batch {
+            if version_visible(r, keyring, vis, &rec)? {
+                if seen_visible >= offset && out.len() < count {
+                    out.push(rec);
+                }
+                seen_visible += 1;
+                if out.len() == count && seen_visible > offset + count {
+                    // One more visible version exists: there is a next page.
+                    return Ok((out, None));
+                }
+            }
+        }
+        scanned += n;
+        if n < BATCH {
+            return Ok((out, Some(seen_visible)));
+        }
+        if scanned >= HISTORY_SCAN_CAP {
+            return Err(RestError::bad(format!(
+                "this history covers more than {HISTORY_SCAN_CAP} versions, too many to filter; ask for the history of one resource, or narrow it with _since"
+            )));
+        }
+    }
+}
+
+/// Whether the caller may read one stored version: its own content decides, and a deletion
+/// (which has none) is visible when the version before it is.
+pub(crate) fn version_visible(
+    r: &mut dyn ReadTx,
+    keyring: &Keyring,
+    vis: &Visibility,
+    rec: &VersionRecord,
+) -> Result<bool, RestError> {
+    match vis.access(Op::Read, &rec.rtype) {
+        visibility::Access::All => return Ok(true),
+        visibility::Access::Hidden => return Ok(false),
+        visibility::Access::Patients(_) => {}
+    }
+    if !rec.deleted {
+        let s = open_record(r, keyring, rec)?;
+        return Ok(vis.allows_json(Op::Read, &rec.rtype, &s.json));
+    }
+    if rec.version <= 1 {
+        return Ok(false);
+    }
+    match r.version(&rec.rtype, &rec.id, rec.version - 1)? {
+        Some(prev) if !prev.deleted => {
+            let s = open_record(r, keyring, &prev)?;
+            Ok(vis.allows_json(Op::Read, &rec.rtype, &s.json))
+        }
+        _ => Ok(false),
+    }
 }

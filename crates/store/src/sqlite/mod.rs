@@ -2,6 +2,7 @@
 //! that group-commits whatever jobs are waiting (one fsync per group), and a pool of read-only
 //! connections that never wait for the writer.
 
+pub(crate) mod care;
 mod query;
 pub(crate) mod schema;
 
@@ -14,6 +15,7 @@ use carevault_crypto::Keyring;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::backend::{Store, Tx, WriteJob};
+use crate::care::CareWindows;
 use crate::error::{RestError, StoreError};
 
 pub use query::SqlTx;
@@ -48,7 +50,7 @@ impl SqliteStore {
         };
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         configure(&conn, false).map_err(|e| open_err(e.to_string()))?;
-        schema::migrate(&conn).map_err(|e| open_err(e.to_string()))?;
+        schema::migrate(&conn, &keyring).map_err(|e| open_err(e.to_string()))?;
         // Checkpoints run on their own connection and thread, off the writer's commit path.
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
             .map_err(|e| open_err(e.to_string()))?;
@@ -90,6 +92,39 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(&self.path, flags)?;
         configure(&conn, true)?;
         Ok(conn)
+    }
+
+    /// Runs one read-only statement sequence on a pooled reader outside any explicit
+    /// transaction (each statement sees the latest commit).
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.take_reader()?;
+        let out = f(&conn);
+        if out.is_ok() {
+            self.give_back(conn);
+        }
+        out
+    }
+
+    /// Loads care rows straight into the store file at `path` in one transaction, bypassing the
+    /// write path: for benchmarks and tools that build a large relationship set. `rows` pairs
+    /// the row id of the stating resource (any distinct numbers) with what it states.
+    pub fn bulk_load_care(
+        path: &Path,
+        rows: impl IntoIterator<Item = (i64, crate::care::CareRows)>,
+    ) -> Result<u64, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut n = 0;
+        for (src, r) in rows {
+            care::insert(&conn, src, &r)?;
+            n += 1;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(n)
     }
 
     fn give_back(&self, conn: Connection) {
@@ -287,6 +322,31 @@ impl Store for SqliteStore {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Ok(false)
+    }
+
+    fn care_actors(&self, practitioner: &str) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|c| care::actors(c, practitioner))
+    }
+
+    fn care_patients(
+        &self,
+        actors: &[String],
+        now_ms: i64,
+        windows: &CareWindows,
+        billing: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|c| care::patients(c, actors, now_ms, windows, billing))
+    }
+
+    fn has_care_relationship(
+        &self,
+        actors: &[String],
+        patient: &str,
+        now_ms: i64,
+        windows: &CareWindows,
+        billing: bool,
+    ) -> Result<bool, StoreError> {
+        self.with_reader(|c| care::has_relationship(c, actors, patient, now_ms, windows, billing))
     }
 
     fn write(&self, job: WriteJob) -> Result<(), RestError> {

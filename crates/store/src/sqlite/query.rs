@@ -607,6 +607,8 @@ impl Tx for SqlTx<'_> {
                 };
             }
         }
+        // Care relationships stated by this version replace the resource's previous ones.
+        super::care::replace(conn, rid, &v.rtype, v.care.as_ref())?;
         Ok(())
     }
 
@@ -774,6 +776,7 @@ impl Tx for SqlTx<'_> {
                 }
                 conn.prepare_cached("UPDATE res SET deleted = 1, tag_keys = X'' WHERE rid = ?1")?
                     .execute([rid])?;
+                super::care::remove(conn, *rid)?;
             }
         }
         // The key row goes with secure_delete on, and so does the whole table it lived in:
@@ -1027,8 +1030,60 @@ fn cond_sql(rtype: &str, cond: &Cond, args: &mut Vec<Sql>) -> String {
                  (SELECT tid FROM ix_ref WHERE pid = ? AND ttype = ? AND rid IN ({sub}))"
             )
         }
+        Cond::Compartment {
+            params,
+            patients,
+            own_id,
+        } => compartment_sql(rtype, params, patients, *own_id, args),
         Cond::Nothing => "SELECT rid FROM res WHERE 0".into(),
     }
+}
+
+/// The resources of `rtype` in the compartment of some of `patients` and of none outside them
+/// (visibility; the lists are bound as parameters, so a caller's care set of a few thousand
+/// patients stays one statement).
+fn compartment_sql(
+    rtype: &str,
+    params: &[ParamRef],
+    patients: &[String],
+    own_id: bool,
+    args: &mut Vec<Sql>,
+) -> String {
+    if patients.is_empty() || (params.is_empty() && !own_id) {
+        return "SELECT rid FROM res WHERE 0".into();
+    }
+    let marks = |n: usize| vec!["?"; n].join(",");
+    let push_pids = |args: &mut Vec<Sql>| {
+        for p in params {
+            args.push(Sql::Integer(pid(p)));
+        }
+    };
+    let mut sql = if own_id {
+        args.push(Sql::Text(rtype.to_owned()));
+        args.extend(patients.iter().map(|p| Sql::Text(p.clone())));
+        format!(
+            "SELECT rid FROM res WHERE rtype = ? AND deleted = 0 AND id IN ({})",
+            marks(patients.len())
+        )
+    } else {
+        push_pids(args);
+        args.extend(patients.iter().map(|p| Sql::Text(p.clone())));
+        format!(
+            "SELECT rid FROM ix_ref WHERE pid IN ({}) AND ttype = 'Patient' AND tid IN ({})",
+            marks(params.len()),
+            marks(patients.len())
+        )
+    };
+    if !params.is_empty() {
+        push_pids(args);
+        args.extend(patients.iter().map(|p| Sql::Text(p.clone())));
+        sql.push_str(&format!(
+            " AND rid NOT IN (SELECT rid FROM ix_ref WHERE pid IN ({}) AND ttype = 'Patient' AND tid NOT IN ({}))",
+            marks(params.len()),
+            marks(patients.len())
+        ));
+    }
+    sql
 }
 
 fn ranged(

@@ -1,9 +1,11 @@
 //! The SQLite schema: resources, versions, per-kind index tables, the audit log and system records.
 
+use carevault_crypto::Keyring;
 use rusqlite::Connection;
 
-/// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+/// Current schema version, kept in `PRAGMA user_version`. 4 added the care-relationship tables
+/// (`care_rel`, `care_actor`), filled from the existing data when a version 3 store is opened.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS res (
@@ -100,8 +102,10 @@ pub(crate) fn patient_key_ddl(name: &str) -> String {
     )
 }
 
-/// Creates the schema when missing; refuses a file written by a newer carevault.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Creates the schema when missing; refuses a file written by a newer carevault. A store from
+/// before version 4 gets its care-relationship rows derived from its resources (which `keyring`
+/// opens) in the same transaction that creates their tables.
+pub fn migrate(conn: &Connection, keyring: &Keyring) -> rusqlite::Result<()> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if v > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
@@ -118,7 +122,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                 "store schema version 2 holds audit entries in a development format; move the data directory aside and import again".into(),
             ));
         }
-    } else if v != 0 && v < SCHEMA_VERSION {
+    } else if v != 0 && v < 3 {
         // Version 1 only ever existed in development builds.
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "store schema version {v} is from a development build of carevault; move the data directory aside and import again"
@@ -129,6 +133,15 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     // Version 2 stores gain the key tables in place (3 only adds tables).
     conn.execute_batch(KEYS_SCHEMA)?;
     conn.execute_batch(&patient_key_ddl("patient_key"))?;
+    conn.execute_batch(super::care::CARE_SCHEMA)?;
+    if v != 0 && v < 4 {
+        // The rows of resources written before the tables existed; a failure rolls back the
+        // whole migration, so the store stays at its old version and can be opened again.
+        if let Err(e) = super::care::backfill(conn, keyring) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(rusqlite::Error::InvalidParameterName(e.to_string()));
+        }
+    }
     conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))?;
     Ok(())
 }
