@@ -645,7 +645,7 @@ impl Tx for SqlTx<'_> {
         for tag in &row.tags {
             ix.execute(params![e.seq as i64, tag_int(tag)])?;
         }
-        if e.seq % AUDIT_IX_BATCH == 0 {
+        if e.seq.is_multiple_of(AUDIT_IX_BATCH) {
             self.conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO audit_ix (tag, seq) \
