@@ -634,7 +634,9 @@ impl carevault_siem::AuditFeed for CheckpointFeed {
             .skip(skip)
             .take(limit)
             .map(|(i, note)| {
-                let c = Checkpoint::parse_body(note).map_err(|e| {
+                // A signed note is its body, a blank line, then signature lines.
+                let body = note.split_once("\n\n").map_or(*note, |(b, _)| b);
+                let c = Checkpoint::parse_body(&format!("{body}\n")).map_err(|e| {
                     carevault_siem::FeedError::with_source(
                         format!(
                             "checkpoint {} of {} is malformed",
