@@ -118,55 +118,63 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
     let total = reader.audit_head()?.map_or(0, |(seq, _)| seq);
     let progress = Progress::new(total);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // One thread reads rows while the others open and hash the previous batch; entries up to
-    // the head seen at the start are immutable, so a second connection reads the same entries.
+    // Every core reads, opens (AES-GCM) and hashes its own ranges of VERIFY_CHUNK entries
+    // through its own read snapshot (entries up to the head seen at the start are immutable, so
+    // every snapshot holds the same ones); this thread puts the ranges back in order and checks
+    // the chain and the tree entry by entry, so the first bad entry is the one named.
     let keyring = store.keyring().clone();
-    let (send, batches) = std::sync::mpsc::sync_channel(2);
+    let chunks = total.div_ceil(VERIFY_CHUNK);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let (send, ranges) = std::sync::mpsc::sync_channel::<(u64, anyhow::Result<Range>)>(threads * 2);
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let rows = store.clone();
-        scope.spawn(move || {
-            let mut r = match rows.reader() {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = send.send(Err(e));
-                    return;
-                }
-            };
-            let mut after = 0;
-            while after < total {
-                match r.audit_entries(after, 20_000) {
-                    Ok(mut batch) => {
-                        batch.retain(|s| s.seq <= total);
-                        let Some(last) = batch.last() else { break };
-                        after = last.seq;
-                        if send.send(Ok(batch)).is_err() {
-                            break;
-                        }
-                    }
+        for _ in 0..threads {
+            let (store, keyring, next, send) = (&store, &keyring, &next, send.clone());
+            scope.spawn(move || {
+                let mut r = match store.reader() {
+                    Ok(r) => r,
                     Err(e) => {
-                        let _ = send.send(Err(e));
-                        break;
+                        let _ = send.send((0, Err(e.into())));
+                        return;
+                    }
+                };
+                loop {
+                    let chunk = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if chunk >= chunks {
+                        return;
+                    }
+                    let after = chunk * VERIFY_CHUNK;
+                    let upto = (after + VERIFY_CHUNK).min(total);
+                    let range = r
+                        .audit_entries(after, usize::try_from(upto - after).unwrap_or(usize::MAX))
+                        .map_err(anyhow::Error::from)
+                        .map(|rows| prepare_range(keyring, &rows, upto));
+                    if send.send((chunk, range)).is_err() {
+                        return;
                     }
                 }
+            });
+        }
+        drop(send);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut want = 0u64;
+        for (chunk, range) in ranges {
+            waiting.insert(chunk, range);
+            while let Some(range) = waiting.remove(&want) {
+                let (prepared, bad) = range.context("cannot read the audit log")?;
+                for (seq, leaf, chain) in prepared {
+                    verifier
+                        .push_leaf(seq, leaf, chain)
+                        .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+                }
+                if let Some(t) = bad {
+                    bail!("audit verification failed: {t}");
+                }
+                want += 1;
+                progress.set(verifier.verified());
             }
-        });
-        for batch in batches {
-            let stored = batch.context("cannot read the audit log")?;
-            // Opening (AES-GCM) and leaf hashing run on every core; the chain is checked in order.
-            verifier
-                .push_batch_with(&stored, threads, |s| {
-                    let e = audit_log::open(&keyring, s).map_err(|e| Tamper {
-                        seq: Some(s.seq),
-                        kind: TamperKind::EntryAltered,
-                        message: format!(
-                            "entry {} cannot be opened ({e}); it was changed or sealed under another key",
-                            s.seq
-                        ),
-                    })?;
-                    Ok((e.seq, leaf_hash(&e.canonical), e.chain))
-                })
-                .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
-            progress.set(verifier.verified());
+        }
+        if want < chunks {
+            bail!("cannot read the audit log: a reading thread stopped early");
         }
         Ok(())
     })?;
@@ -195,6 +203,40 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Entries one verifying thread reads, opens and hashes at a time.
+const VERIFY_CHUNK: u64 = 16_384;
+
+/// A range of entries opened and hashed: (seq, leaf hash, stored chain) in order, and the
+/// entry that could not be opened, if one could not (the range stops there).
+type Range = (Vec<carevault_audit::verify::PreparedEntry>, Option<Tamper>);
+
+/// Opens and hashes `rows` (those up to `upto`: a deleted row lets the read run into the next
+/// range, and the chain check then names the gap).
+fn prepare_range(
+    keyring: &carevault_crypto::Keyring,
+    rows: &[carevault_store::backend::AuditStored],
+    upto: u64,
+) -> Range {
+    let mut out = Vec::with_capacity(rows.len());
+    for s in rows.iter().take_while(|s| s.seq <= upto) {
+        match audit_log::open(keyring, s) {
+            Ok(e) => out.push((e.seq, leaf_hash(&e.canonical), e.chain)),
+            Err(e) => {
+                let t = Tamper {
+                    seq: Some(s.seq),
+                    kind: TamperKind::EntryAltered,
+                    message: format!(
+                        "entry {} cannot be opened ({e}); it was changed or sealed under another key",
+                        s.seq
+                    ),
+                };
+                return (out, Some(t));
+            }
+        }
+    }
+    (out, None)
 }
 
 /// A progress bar on a terminal, plain lines otherwise.

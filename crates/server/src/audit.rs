@@ -575,9 +575,90 @@ impl carevault_siem::AuditFeed for StoreFeed {
                     .map_err(|e| fail("an audit entry could not be rendered", &e))?;
                 Ok(carevault_siem::FeedEntry {
                     seq: s.seq,
+                    msgid: carevault_siem::MSGID,
                     recorded_ms: s.recorded_ms,
                     outcome,
                     json,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The signed checkpoints of `DIR/audit/checkpoints` as a SIEM feed: the n-th note of the file
+/// is entry n, sent under the syslog MSGID `Checkpoint` as JSON (`origin`, `size`, `rootHash`,
+/// `time` and the whole signed `note`), so the collector keeps every checkpoint off the machine
+/// through the same durable-cursor shipper as the entries.
+pub struct CheckpointFeed {
+    path: PathBuf,
+}
+
+impl CheckpointFeed {
+    /// A feed over the checkpoints file at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        CheckpointFeed { path }
+    }
+}
+
+impl carevault_siem::AuditFeed for CheckpointFeed {
+    fn after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<carevault_siem::FeedEntry>, carevault_siem::FeedError> {
+        use base64::Engine;
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(carevault_siem::FeedError::with_source(
+                    format!(
+                        "the checkpoints file {} could not be read",
+                        self.path.display()
+                    ),
+                    e,
+                ));
+            }
+        };
+        // A note still being appended is left for the next read.
+        let (notes, _) = carevault_audit::checkpoint::split_complete_notes(&text).map_err(|e| {
+            carevault_siem::FeedError::with_source(
+                format!("the checkpoints file {} is malformed", self.path.display()),
+                e,
+            )
+        })?;
+        let skip = usize::try_from(seq).unwrap_or(usize::MAX);
+        notes
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .take(limit)
+            .map(|(i, note)| {
+                // A signed note is its body, a blank line, then signature lines.
+                let body = note.split_once("\n\n").map_or(*note, |(b, _)| b);
+                let c = Checkpoint::parse_body(&format!("{body}\n")).map_err(|e| {
+                    carevault_siem::FeedError::with_source(
+                        format!(
+                            "checkpoint {} of {} is malformed",
+                            i + 1,
+                            self.path.display()
+                        ),
+                        e,
+                    )
+                })?;
+                let json = serde_json::json!({
+                    "origin": c.origin,
+                    "size": c.size,
+                    "rootHash": base64::engine::general_purpose::STANDARD.encode(c.root),
+                    "time": carevault_audit::instant::format_ms(c.time_ms),
+                    "note": note,
+                });
+                Ok(carevault_siem::FeedEntry {
+                    seq: i as u64 + 1,
+                    msgid: carevault_siem::CHECKPOINT_MSGID,
+                    recorded_ms: c.time_ms,
+                    outcome: 0,
+                    json: json.to_string().into_bytes(),
                 })
             })
             .collect()
@@ -618,8 +699,15 @@ pub fn start_shippers(
         });
         out.push(Shipper::start(
             feed.clone(),
-            sink,
+            sink.clone(),
             dir.join("siem-syslog.cursor"),
+            Wake::new(),
+        )?);
+        // Checkpoints travel on the same stream under their own MSGID, with their own cursor.
+        out.push(Shipper::start(
+            Arc::new(CheckpointFeed::new(dir.join("checkpoints"))),
+            sink,
+            dir.join("siem-syslog-checkpoints.cursor"),
             Wake::new(),
         )?);
     }

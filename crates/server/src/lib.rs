@@ -158,10 +158,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    // Ready means: not shutting down, and a store read through the keys answers.
+    // Ready means: not shutting down, a store read through the keys answers, and the audit
+    // trail can be written (PRODUCT.md 2.2): a request that cannot be audited gets a 503, so a
+    // server whose trail is not writable must not be sent traffic.
     let app2 = app.clone();
-    let store_ok =
-        tokio::task::spawn_blocking(move || match app2.rest.read("Patient", "readyz-probe") {
+    let store_ok = tokio::task::spawn_blocking(move || {
+        let read_ok = match app2.rest.read("Patient", "readyz-probe") {
             Ok(_)
             | Err(
                 carevault_store::RestError::NotFound { .. }
@@ -171,9 +173,18 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
                 tracing::warn!(error = %e, "readiness probe failed");
                 false
             }
-        })
-        .await
-        .unwrap_or(false);
+        };
+        read_ok
+            && match carevault_store::audit_log::probe_writable(&**app2.rest.store()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness probe: the audit trail is not writable");
+                    false
+                }
+            }
+    })
+    .await
+    .unwrap_or(false);
     if app.ready.load(Ordering::Relaxed) && store_ok {
         "ready\n".into_response()
     } else {

@@ -10,6 +10,9 @@ use std::fmt;
 pub struct FeedEntry {
     /// The entry's position in the audit trail; the first entry is 1 and positions only grow.
     pub seq: u64,
+    /// The syslog MSGID it travels under: [`crate::MSGID`] (`AuditEvent`) for audit entries,
+    /// [`crate::CHECKPOINT_MSGID`] (`Checkpoint`) for signed checkpoints of the log.
+    pub msgid: &'static str,
     /// When the entry was recorded, in milliseconds since the Unix epoch (UTC).
     pub recorded_ms: i64,
     /// The AuditEvent outcome code: 0 success, 4 minor failure, 8 serious, 12 major.
@@ -22,6 +25,7 @@ impl fmt::Debug for FeedEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FeedEntry")
             .field("seq", &self.seq)
+            .field("msgid", &self.msgid)
             .field("recorded_ms", &self.recorded_ms)
             .field("outcome", &self.outcome)
             .field(
@@ -86,6 +90,7 @@ mod tests {
     fn debug_of_an_entry_redacts_the_json() {
         let entry = FeedEntry {
             seq: 7,
+            msgid: crate::MSGID,
             recorded_ms: 0,
             outcome: 4,
             json: br#"{"entity":[{"what":{"reference":"Patient/pt-88"}}]}"#.to_vec(),

@@ -31,8 +31,8 @@ pub use error::SiemError;
 pub use feed::{AuditFeed, FeedEntry, FeedError};
 pub use ndjson::NdjsonConfig;
 pub use rfc5424::{
-    FACILITY_LOG_AUDIT, MAX_APP_NAME, MAX_HOSTNAME, MAX_PROCID, MSGID, SD_ID, format_rfc5424,
-    frame_rfc5425, severity,
+    CHECKPOINT_MSGID, FACILITY_LOG_AUDIT, MAX_APP_NAME, MAX_HOSTNAME, MAX_PROCID, MSGID, SD_ID,
+    format_rfc5424, frame_rfc5425, severity,
 };
 pub use shipper::{Shipper, ShipperOptions, ShipperStatus, Sink, Wake};
 pub use syslog::SyslogConfig;

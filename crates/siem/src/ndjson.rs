@@ -288,6 +288,7 @@ mod tests {
     fn entry(seq: u64) -> FeedEntry {
         FeedEntry {
             seq,
+            msgid: crate::MSGID,
             recorded_ms: 0,
             outcome: 0,
             json: format!(r#"{{"resourceType":"AuditEvent","id":"a-{seq:012}"}}"#).into_bytes(),

@@ -30,8 +30,11 @@ use crate::FeedEntry;
 
 /// The syslog facility of every message: 13, "log audit".
 pub const FACILITY_LOG_AUDIT: u8 = 13;
-/// The MSGID of every message.
+/// The MSGID of a message carrying an audit entry.
 pub const MSGID: &str = "AuditEvent";
+/// The MSGID of a message carrying a signed checkpoint of the audit log (a C2SP signed note of
+/// its size and Merkle root), so a SIEM keeps a copy of every checkpoint off the machine.
+pub const CHECKPOINT_MSGID: &str = "Checkpoint";
 /// The SD-ID of the structured data element carrying the sequence number.
 ///
 /// 32473 is the private enterprise number RFC 5612 reserves for documentation; an organisation
@@ -69,7 +72,7 @@ pub fn format_rfc5424(entry: &FeedEntry, hostname: &str, app_name: &str, procid:
         header_field(hostname, MAX_HOSTNAME),
         header_field(app_name, MAX_APP_NAME),
         procid,
-        MSGID,
+        header_field(entry.msgid, 32),
         SD_ID,
         escape_sd_value(&entry.seq.to_string()),
     );
@@ -175,6 +178,7 @@ mod tests {
     fn entry(seq: u64, recorded_ms: i64, outcome: u8, json: &[u8]) -> FeedEntry {
         FeedEntry {
             seq,
+            msgid: crate::MSGID,
             recorded_ms,
             outcome,
             json: json.to_vec(),

@@ -578,6 +578,7 @@ mod tests {
                 let seq = entries.len() as u64 + 1;
                 entries.push(FeedEntry {
                     seq,
+                    msgid: crate::MSGID,
                     recorded_ms: 1_700_000_000_000 + seq as i64,
                     outcome: 0,
                     json: format!(r#"{{"resourceType":"AuditEvent","id":"a-{seq:012}"}}"#)
@@ -610,6 +611,7 @@ mod tests {
         fn after(&self, _seq: u64, _limit: usize) -> Result<Vec<FeedEntry>, FeedError> {
             let entry = FeedEntry {
                 seq: 1,
+                msgid: crate::MSGID,
                 recorded_ms: 0,
                 outcome: 0,
                 json: b"{}".to_vec(),

@@ -77,6 +77,7 @@ fn entry(seq: u64) -> FeedEntry {
     });
     FeedEntry {
         seq,
+        msgid: carevault_siem::MSGID,
         recorded_ms: BASE_MS + i64::try_from(seq).unwrap(),
         outcome,
         json: serde_json::to_vec(&json).unwrap(),

@@ -122,6 +122,33 @@ pub fn append_durably(store: &dyn Store, entries: Vec<AuditAppend>) -> Result<Ve
     })
 }
 
+/// Checks, through the writer, that an entry could be appended now: it appends a probe entry
+/// inside a nested savepoint (chain, nodes, sealing, index rows — every table an append
+/// touches) and rolls it back, so the log never holds it. For `/readyz`.
+pub fn probe_writable(store: &dyn Store) -> Result<(), RestError> {
+    let keyring = store.keyring().clone();
+    write_with(store, move |tx| {
+        let probe = AuditAppend {
+            recorded_ms: 0,
+            canonical: b"{\"resourceType\":\"AuditEvent\",\"probe\":true}".to_vec(),
+            keys: vec![AuditKey::Client("readiness-probe".into())],
+        };
+        let mut appended: Option<Result<u64, RestError>> = None;
+        // The nested part always fails on purpose, so its writes are rolled back.
+        let _ = tx.nested(&mut |t| {
+            appended = Some(append(t, &keyring, &probe));
+            Err(RestError::Store("readiness probe rolled back".into()))
+        });
+        match appended {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            None => Err(RestError::Store(
+                "the audit log's write savepoint could not be opened".into(),
+            )),
+        }
+    })
+}
+
 /// Opens a stored entry.
 pub fn open(keyring: &Keyring, stored: &AuditStored) -> Result<AuditEntry, RestError> {
     Ok(AuditEntry {

@@ -1610,3 +1610,104 @@ fn audit_tree_head_and_proofs_match_an_independent_tree() {
     }
     assert!(crate::audit_log::inclusion_proof(&mut *r, 38, size).is_err());
 }
+
+/// Seqs of the entries of `patient` (and, when given, of `client` too), oldest first.
+fn audit_seqs_of(store: &dyn crate::Store, patient: &str, client: Option<&str>) -> Vec<u64> {
+    use crate::audit_log::AuditKey;
+    let keyring = store.keyring();
+    let mut tags = vec![vec![AuditKey::Patient(patient.into()).tag(keyring)]];
+    if let Some(c) = client {
+        tags.push(vec![AuditKey::Client(c.into()).tag(keyring)]);
+    }
+    let q = crate::backend::AuditQuery {
+        tags,
+        from_ms: None,
+        to_ms: None,
+        descending: false,
+        offset: 0,
+        limit: 10_000,
+    };
+    store.reader().unwrap().audit_search(&q).unwrap()
+}
+
+#[test]
+fn audit_search_finds_every_entry_at_once_whether_its_keys_are_batched_yet_or_not() {
+    use crate::audit_log::{AuditAppend, AuditKey};
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let keyring = Arc::new(Keyring::from_data_key(1, &[5u8; 32]).unwrap());
+    let entry = |i: u64| AuditAppend {
+        recorded_ms: 1_700_000_000_000 + i as i64,
+        canonical: format!("entry {i}").into_bytes(),
+        keys: vec![
+            AuditKey::Patient(format!("Patient/p{}", i % 3)),
+            AuditKey::Client(format!("client-{}", i % 2)),
+        ],
+    };
+    // Written by hand from the entries above: p1's entries are 1, 4, 7, ... (i = seq - 1).
+    let expected = |upto: u64, client: Option<u64>| -> Vec<u64> {
+        (1..=upto)
+            .filter(|seq| (seq - 1) % 3 == 1)
+            .filter(|seq| client.is_none_or(|c| (seq - 1) % 2 == c))
+            .collect()
+    };
+    {
+        let store = open_sqlite(&path, keyring.clone()).unwrap();
+        // One at a time, as reads append: 300 entries, so 256 have moved into the index and 44
+        // wait in the pending keys; a search sees each entry the moment its append returns.
+        for i in 0..300u64 {
+            crate::audit_log::append_durably(&*store, vec![entry(i)]).unwrap();
+            if i % 50 == 0 || i >= 250 {
+                assert_eq!(
+                    audit_seqs_of(&*store, "Patient/p1", None),
+                    expected(i + 1, None),
+                    "after entry {}",
+                    i + 1
+                );
+            }
+        }
+        assert_eq!(
+            audit_seqs_of(&*store, "Patient/p1", Some("client-0")),
+            expected(300, Some(0))
+        );
+        // What is on disk now, while the store is still open, is what a kill -9 would leave
+        // (the log first: a checkpoint running meanwhile only moves its pages into the file).
+        for f in ["store.db-wal", "store.db"] {
+            std::fs::copy(dir.path().join(f), crashed.path().join(f)).unwrap();
+        }
+    }
+    // The pending keys are in the database: after the crash they are still found, and they
+    // join the index with the next batch.
+    let store = open_sqlite(&crashed.path().join("store.db"), keyring).unwrap();
+    assert_eq!(
+        audit_seqs_of(&*store, "Patient/p1", None),
+        expected(300, None)
+    );
+    let batch: Vec<AuditAppend> = (300..600).map(entry).collect();
+    crate::audit_log::append_durably(&*store, batch).unwrap();
+    assert_eq!(
+        audit_seqs_of(&*store, "Patient/p1", None),
+        expected(600, None)
+    );
+    assert_eq!(
+        audit_seqs_of(&*store, "Patient/p1", Some("client-1")),
+        expected(600, Some(1))
+    );
+    assert!(audit_seqs_of(&*store, "Patient/nobody", None).is_empty());
+}
+
+#[test]
+fn the_audit_probe_appends_nothing() {
+    let (_dir, rest) = setup();
+    crate::audit_log::append_durably(&**rest.store(), vec![audit_entry(b"one")]).unwrap();
+    crate::audit_log::probe_writable(&**rest.store()).unwrap();
+    crate::audit_log::probe_writable(&**rest.store()).unwrap();
+    let mut r = rest.store().reader().unwrap();
+    assert_eq!(r.audit_head().unwrap().map(|(seq, _)| seq), Some(1));
+    drop(r);
+    // The next entry takes the next number and the chain still runs through.
+    let seqs =
+        crate::audit_log::append_durably(&**rest.store(), vec![audit_entry(b"two")]).unwrap();
+    assert_eq!(seqs, vec![2]);
+}

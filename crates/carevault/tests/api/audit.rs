@@ -496,6 +496,9 @@ async fn a_read_whose_audit_entry_cannot_be_written_returns_503_and_no_data() {
         &s.data(),
         "CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
     );
+    // The readiness probe says so before any request fails (PRODUCT.md 2.2).
+    let ready = |s: &Server| s.http.get(format!("{}/readyz", s.root)).send();
+    assert_eq!(ready(&s).await.unwrap().status(), 503);
     let resp = s.get(&format!("Patient/{pid}")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let text = resp.text().await.unwrap();
@@ -510,6 +513,7 @@ async fn a_read_whose_audit_entry_cannot_be_written_returns_503_and_no_data() {
     assert_eq!(resp.status(), 503);
     assert!(!resp.text().await.unwrap().contains(&pid));
     sql(&s.data(), "DROP TRIGGER audit_full;");
+    assert_eq!(ready(&s).await.unwrap().status(), 200);
     let (st, _, b) = send(s.get(&format!("Patient/{pid}"))).await;
     assert_eq!(st, 200);
     assert_eq!(b["name"][0]["family"], "Failclosed");

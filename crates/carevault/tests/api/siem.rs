@@ -87,6 +87,7 @@ fn received(collector: &LoopbackCollector) -> Vec<(u64, Value)> {
         .rsyslog
         .messages()
         .iter()
+        .filter(|m| m.msgid != "Checkpoint")
         .map(|m: &Message| {
             let seq = m.seq();
             assert_eq!(m.app_name, "carevault", "{}", m.line);
@@ -101,6 +102,22 @@ fn received(collector: &LoopbackCollector) -> Vec<(u64, Value)> {
                 m.line
             );
             (seq, ev)
+        })
+        .collect()
+}
+
+/// The signed checkpoints rsyslog received (MSGID `Checkpoint`), as (seq, JSON) in arrival order.
+fn received_checkpoints(collector: &LoopbackCollector) -> Vec<(u64, Value)> {
+    collector
+        .rsyslog
+        .messages()
+        .iter()
+        .filter(|m| m.msgid == "Checkpoint")
+        .map(|m| {
+            assert_eq!(m.app_name, "carevault", "{}", m.line);
+            let c: Value = serde_json::from_slice(m.json())
+                .unwrap_or_else(|e| panic!("checkpoint message is not JSON ({e}): {}", m.line));
+            (m.seq(), c)
         })
         .collect()
 }
@@ -378,6 +395,34 @@ async fn every_audit_entry_reaches_rsyslog_exactly_once_across_a_collector_resta
         Some(total),
         "the syslog cursor did not reach the last entry"
     );
+
+    // Every signed checkpoint reached the collector too, once, in order, under its own MSGID:
+    // each is the note of `audit/checkpoints` byte for byte and verifies with the published
+    // key, and the last covers the whole log (the final checkpoint, signed after the stop event).
+    let written = std::fs::read_to_string(s.data().join("audit/checkpoints")).unwrap();
+    let notes = carevault_audit::checkpoint::split_notes(&written).unwrap();
+    let vkey = std::fs::read_to_string(s.data().join("audit/checkpoint-key.vkey")).unwrap();
+    let verifier = carevault_audit::checkpoint::NoteVerifier::from_vkey(vkey.trim()).unwrap();
+    wait_for(
+        "every checkpoint on the syslog stream",
+        Duration::from_secs(10),
+        || context(&s, &collector),
+        || received_checkpoints(&collector).len() >= notes.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shipped = received_checkpoints(&collector);
+    assert_eq!(
+        shipped.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..=notes.len() as u64).collect::<Vec<_>>(),
+        "checkpoints did not arrive exactly once in order"
+    );
+    for ((_, c), note) in shipped.iter().zip(&notes) {
+        assert_eq!(c["note"], *note);
+        let body = verifier.verify(c["note"].as_str().unwrap()).unwrap();
+        assert_eq!(c["size"], body.size);
+    }
+    assert_eq!(shipped.last().unwrap().1["size"], total);
 
     // The NDJSON export holds every entry too, at least once, in order.
     let in_files = ndjson_seqs(&ndjson);

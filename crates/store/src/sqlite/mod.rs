@@ -251,20 +251,24 @@ fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
     }
 }
 
+/// Runs one statement through the connection's statement cache (a group of small jobs, such as
+/// the audit entries of reads, pays for parsing its savepoint statements once, not per job).
+fn exec_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 fn run_job(conn: &Connection, job: WriteJob) -> Result<(), RestError> {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(StoreError::from)?;
+    exec_cached(conn, "SAVEPOINT job")?;
     let mut tx = SqlTx::new(conn);
     let result = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut tx as &mut dyn Tx))) {
         Ok(r) => r,
         Err(_) => Err(RestError::Store("a write job panicked".into())),
     };
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO job")
-            .map_err(StoreError::from)?;
+        exec_cached(conn, "ROLLBACK TO job")?;
     }
-    conn.execute_batch("RELEASE job")
-        .map_err(StoreError::from)?;
+    exec_cached(conn, "RELEASE job")?;
     result
 }
 

@@ -75,6 +75,9 @@ fn collect_audit(
     Ok(out)
 }
 
+/// Entries whose search keys wait in `audit_ix_pending` before moving into `audit_ix` together.
+const AUDIT_IX_BATCH: u64 = 256;
+
 fn pid(p: &ParamRef) -> i64 {
     p.id().0
 }
@@ -423,14 +426,18 @@ impl ReadTx for SqlTx<'_> {
                 .map(|n| format!("?{n}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // Keys live in audit_ix, or for the newest entries still in audit_ix_pending (at
+            // most AUDIT_IX_BATCH entries' keys, so reading all of it is cheap).
             if i == 0 {
                 // The first group drives the query through audit_ix (index ranges, not a scan).
                 sql.push_str(&format!(
-                    " AND a.seq IN (SELECT seq FROM audit_ix WHERE tag IN ({list}))"
+                    " AND a.seq IN (SELECT seq FROM audit_ix WHERE tag IN ({list}) \
+                     UNION ALL SELECT seq FROM audit_ix_pending WHERE tag IN ({list}))"
                 ));
             } else {
                 sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM audit_ix x WHERE x.tag IN ({list}) AND x.seq = a.seq)"
+                    " AND (EXISTS (SELECT 1 FROM audit_ix x WHERE x.tag IN ({list}) AND x.seq = a.seq) \
+                     OR EXISTS (SELECT 1 FROM audit_ix_pending p WHERE p.seq = a.seq AND p.tag IN ({list})))"
                 ));
             }
         }
@@ -630,11 +637,26 @@ impl Tx for SqlTx<'_> {
         for (level, index, hash) in &row.nodes {
             node.execute(params![i64::from(*level), *index as i64, &hash[..]])?;
         }
+        // Search keys go first to the small, append-ordered audit_ix_pending (its rows land on
+        // the same last page), and move into audit_ix every AUDIT_IX_BATCH entries, sorted by
+        // tag: a durable append then dirties a handful of pages instead of one random index
+        // page per key. Searches read both tables, so an entry is found the moment it commits.
         let mut ix = self
             .conn
-            .prepare_cached("INSERT OR IGNORE INTO audit_ix (tag, seq) VALUES (?1, ?2)")?;
+            .prepare_cached("INSERT OR IGNORE INTO audit_ix_pending (seq, tag) VALUES (?1, ?2)")?;
         for tag in &row.tags {
-            ix.execute(params![tag_int(tag), e.seq as i64])?;
+            ix.execute(params![e.seq as i64, tag_int(tag)])?;
+        }
+        if e.seq.is_multiple_of(AUDIT_IX_BATCH) {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO audit_ix (tag, seq) \
+                     SELECT tag, seq FROM audit_ix_pending ORDER BY tag, seq",
+                )?
+                .execute([])?;
+            self.conn
+                .prepare_cached("DELETE FROM audit_ix_pending")?
+                .execute([])?;
         }
         Ok(())
     }

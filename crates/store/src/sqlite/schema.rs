@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS audit_ix (
     tag INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (tag, seq)
 ) WITHOUT ROWID;
+-- Search keys of the newest entries (fewer than 256), moved into audit_ix in one sorted batch.
+CREATE TABLE IF NOT EXISTS audit_ix_pending (
+    seq INTEGER NOT NULL, tag INTEGER NOT NULL,
+    PRIMARY KEY (seq, tag)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS system_record (
     kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (kind, key)
