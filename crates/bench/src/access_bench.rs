@@ -1209,8 +1209,8 @@ mod tests {
     #[test]
     fn pkce_matches_rfc_7636_example() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-1B5jXNtLVX4Np_7nk2EOHdS1XQqs0qQtkxg"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t2URWbuGJSstw-cM"
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 

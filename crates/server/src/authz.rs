@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::App;
 use crate::access::{Caller, Interaction, ScopeContext};
 use crate::audit::{Party, SharedNote};
+use crate::care_cache::{CareCache, SetKind};
 use crate::outcome::ApiError;
 
 /// System-record kind of break-the-glass grants (sealed in the store like every system record).
@@ -133,6 +134,8 @@ pub struct Authz {
     now_ms: i64,
     /// Patients under a live break-the-glass grant of this user.
     grants: HashSet<String>,
+    /// The process-wide memo of patient sets.
+    cache: Arc<CareCache>,
     care: OnceLock<Arc<HashSet<String>>>,
     care_or_btg: OnceLock<Arc<HashSet<String>>>,
     billing: OnceLock<Arc<HashSet<String>>>,
@@ -168,18 +171,20 @@ impl Authz {
                 let Some(p) = &self.principal.practitioner else {
                     return Arc::new(HashSet::new());
                 };
-                let found = self.store.care_actors(p).and_then(|actors| {
-                    self.store
-                        .care_patients(&actors, self.now_ms, &self.windows, false)
-                });
-                match found {
-                    Ok(list) => Arc::new(list.into_iter().collect()),
-                    Err(e) => {
-                        // Fail closed: no relationship can be shown, so none is assumed.
-                        tracing::error!(error = %e, "care relationships could not be read");
-                        Arc::new(HashSet::new())
+                self.cache.get_or_compute(SetKind::Care, p, || {
+                    let found = self.store.care_actors(p).and_then(|actors| {
+                        self.store
+                            .care_patients(&actors, self.now_ms, &self.windows, false)
+                    });
+                    match found {
+                        Ok(list) => Some(list.into_iter().collect()),
+                        Err(e) => {
+                            // Fail closed: no relationship can be shown, so none is assumed.
+                            tracing::error!(error = %e, "care relationships could not be read");
+                            None
+                        }
                     }
-                }
+                })
             })
             .clone()
     }
@@ -197,16 +202,18 @@ impl Authz {
     fn billing_set(&self) -> Arc<HashSet<String>> {
         self.billing
             .get_or_init(|| {
-                match self
-                    .store
-                    .care_patients(&[], self.now_ms, &self.windows, true)
-                {
-                    Ok(list) => Arc::new(list.into_iter().collect()),
-                    Err(e) => {
-                        tracing::error!(error = %e, "billing relationships could not be read");
-                        Arc::new(HashSet::new())
+                self.cache.get_or_compute(SetKind::Billing, "", || {
+                    match self
+                        .store
+                        .care_patients(&[], self.now_ms, &self.windows, true)
+                    {
+                        Ok(list) => Some(list.into_iter().collect()),
+                        Err(e) => {
+                            tracing::error!(error = %e, "billing relationships could not be read");
+                            None
+                        }
                     }
-                }
+                })
             })
             .clone()
     }
@@ -465,20 +472,41 @@ pub fn check_training(app: &App, p: &Principal, today: time::Date) -> Result<(),
     Ok(())
 }
 
-/// The live break-the-glass grants of `user` at `now_ms`: patient ids.
-pub fn live_grants(store: &Arc<dyn Store>, user: &str, now_ms: i64) -> HashSet<String> {
+/// The live break-the-glass grants of `user` at `now_ms`: patient ids (served from the
+/// process's memo when fresh).
+pub async fn live_grants(app: &Arc<App>, user: &str, now_ms: i64) -> HashSet<String> {
+    if let Some(s) = app.care_cache.get(SetKind::Grants, user) {
+        return (*s).clone();
+    }
+    let generation = app.care_cache.generation();
+    let store = app.rest.store().clone();
+    let who = user.to_owned();
+    let found = tokio::task::spawn_blocking(move || stored_grants(&store, &who, now_ms))
+        .await
+        .ok()
+        .flatten();
+    match found {
+        Some(set) => (*app.care_cache.put(SetKind::Grants, user, generation, set)).clone(),
+        None => HashSet::new(),
+    }
+}
+
+/// The live grants of `user` as stored; `None` when they cannot be read (fail closed).
+fn stored_grants(store: &Arc<dyn Store>, user: &str, now_ms: i64) -> Option<HashSet<String>> {
     let rows = match carevault_store::list_system_records(&**store, BTG_RECORD_KIND) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "break-the-glass grants could not be read");
-            return HashSet::new();
+            return None;
         }
     };
-    rows.into_iter()
-        .filter_map(|(_, body)| serde_json::from_slice::<BreakGlassGrant>(&body).ok())
-        .filter(|g| g.user == user && g.expires_ms > now_ms)
-        .map(|g| g.patient)
-        .collect()
+    Some(
+        rows.into_iter()
+            .filter_map(|(_, body)| serde_json::from_slice::<BreakGlassGrant>(&body).ok())
+            .filter(|g| g.user == user && g.expires_ms > now_ms)
+            .map(|g| g.patient)
+            .collect(),
+    )
 }
 
 /// The reason of an `X-Break-Glass` header: 1 to 500 characters after trimming, no control
@@ -583,6 +611,7 @@ pub async fn grant_break_glass(
     .await;
     match done {
         Ok(Ok(())) => {
+            app.care_cache.invalidate();
             break_glass_alert_hook(app, &grant);
             Ok(())
         }
@@ -622,6 +651,7 @@ pub fn build(
         windows: app.config.access.care_windows(),
         now_ms,
         grants,
+        cache: app.care_cache.clone(),
         care: OnceLock::new(),
         care_or_btg: OnceLock::new(),
         billing: OnceLock::new(),

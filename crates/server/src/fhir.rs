@@ -160,10 +160,7 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
     }
     let mut grants = std::collections::HashSet::new();
     if let Some(user) = principal.user.clone() {
-        let store = app.rest.store().clone();
-        grants = tokio::task::spawn_blocking(move || authz::live_grants(&store, &user, now_ms))
-            .await
-            .unwrap_or_default();
+        grants = authz::live_grants(&app, &user, now_ms).await;
     }
     let mut break_glass = false;
     if let Some(h) = parts.headers.get("x-break-glass") {
@@ -248,6 +245,10 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         note: note.clone(),
     };
     let (template, result) = dispatch(call, &parts.method, &segs).await;
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        // Anything this request wrote may have made or ended a care relationship.
+        app.care_cache.invalidate();
+    }
     let resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -8,6 +8,7 @@ mod access;
 pub mod audit;
 pub mod audit_api;
 mod authz;
+mod care_cache;
 pub mod config;
 pub mod datadir;
 mod fhir;
@@ -52,6 +53,8 @@ pub struct App {
     /// The authorization policy in force (re-read from the store within a second of a change);
     /// `None` when the stored policy could not be loaded at start: users are then refused.
     pub policy: Option<Arc<carevault_policy::ActivePolicy>>,
+    /// The memo of relationship and break-the-glass patient sets (see `care_cache`).
+    pub(crate) care_cache: Arc<care_cache::CareCache>,
 }
 
 impl App {
@@ -95,6 +98,7 @@ impl App {
             accounts,
             sessions,
             policy,
+            care_cache: Arc::new(care_cache::CareCache::new()),
         })
     }
 }

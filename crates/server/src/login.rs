@@ -117,6 +117,13 @@ pub(crate) async fn login_page(
         }
         return signed_in_page(&user);
     }
+    if enrolment_session(&app, &headers).is_some() {
+        // Past the password step but not enrolled: carry on with enrolment, keeping the session.
+        return redirect(&match return_to {
+            Some(r) => format!("/login/mfa?return_to={}", url_encode(r)),
+            None => "/login/mfa".to_owned(),
+        });
+    }
     match app.sessions.create(None, Stage::Anonymous, 0) {
         Ok((id, session)) => {
             let mut resp = form_page(&session.csrf, return_to, None, StatusCode::OK);
