@@ -16,8 +16,8 @@
 //!    `(level, index, hash)`. The single writer appends through a [`merkle::Frontier`] (at most
 //!    64 hashes, rebuilt from stored nodes at start-up) and stores the nodes each append
 //!    completes; roots, inclusion proofs and consistency proofs at any size are computed from
-//!    stored nodes in O(log n) look-ups through [`merkle::NodeSource`]. [`appender::LogAppender`]
-//!    does steps 1–3 for the writer in one call per entry.
+//!    stored nodes in O(log n) look-ups through [`merkle::NodeSource`]. The store's
+//!    `audit_log::append` does steps 1–3 inside the writer's transaction.
 //! 4. **Checkpoints.** The root at a size is published as a C2SP `tlog-checkpoint` inside a
 //!    `signed-note`, signed with Ed25519 by a key kept apart from the data keys
 //!    ([`checkpoint::NoteSigner`]); the data directory keeps every one, and copies shipped
@@ -31,7 +31,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod appender;
 pub mod chain;
 pub mod checkpoint;
 pub mod event;
@@ -40,7 +39,6 @@ pub mod merkle;
 pub mod report;
 pub mod verify;
 
-pub use appender::{Appended, LogAppender};
 pub use chain::{GENESIS, chain_hash};
 pub use checkpoint::{
     Checkpoint, CheckpointError, NoteSigner, NoteVerifier, generate_seed, split_complete_notes,

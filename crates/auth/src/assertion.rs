@@ -6,10 +6,14 @@
 //! confusion are refused. Claims are checked before the key is looked up (`iss` = `sub`,
 //! `aud` = the token endpoint URL, `exp` at most five minutes ahead, `jti` present), the
 //! signature next, and the `jti` is remembered until the assertion expires so a replay fails.
-//! The replay memory is in process memory: a restart forgets it, which leaves at most the
-//! remaining lifetime (≤ 5 min) of assertions seen before the restart open to one replay.
+//! The replay memory is durable ([`ReplayGuard::durable`]): one record per client and `jti` in
+//! the [`RecordStore`], written before the token is issued and kept until the assertion's `exp`
+//! plus the allowed clock skew, so a replay after a restart fails too; expired records are pruned
+//! in one batch at most once a minute.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::signature::{
     ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA384, RsaPublicKeyComponents, UnparsedPublicKey,
@@ -20,7 +24,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::clients::{AuthError, ClientKind, ClientRecord};
+use crate::records::RecordStore;
 use crate::token::LEEWAY_SECONDS;
+
+/// Record kind of the used `jti`s of client assertions (body: the assertion's `exp`).
+pub const USED_JTI_RECORD_KIND: &str = "assertion-jti";
+/// Seconds between two prunings of expired `jti` records.
+const PRUNE_INTERVAL_SECONDS: u64 = 60;
 
 /// The `client_assertion_type` of `private_key_jwt`.
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -58,6 +68,10 @@ pub enum AssertionError {
     /// The `jti` was used before by this client and its assertion has not expired.
     #[error("the client assertion's jti was already used")]
     Replay,
+    /// The `jti` could not be read from or recorded in the replay memory, so the assertion was
+    /// refused (fail closed).
+    #[error("the client assertion could not be checked for replay: {0}")]
+    Unavailable(String),
     /// Unknown or disabled client, no matching key, or a signature that does not verify:
     /// deliberately one answer.
     #[error("client authentication failed")]
@@ -197,37 +211,135 @@ impl CheckedAssertion {
     }
 }
 
-/// The `jti` values of accepted assertions, each kept until its assertion expires.
-#[derive(Debug, Default)]
+/// The `jti` values of accepted assertions, each kept until its assertion expires: in process
+/// memory (which also makes two concurrent uses of one `jti` in this process collide) and, for a
+/// durable guard, in the record store, so a restart forgets nothing.
+#[derive(Default)]
 pub struct ReplayGuard {
     seen: Mutex<HashMap<(String, String), u64>>,
+    records: Option<Arc<dyn RecordStore>>,
+    next_prune: AtomicU64,
+}
+
+impl std::fmt::Debug for ReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayGuard")
+            .field("durable", &self.records.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an assertion with `exp` still counts at `now` (the allowed clock skew included).
+fn unexpired(exp: u64, now: u64) -> bool {
+    now < exp.saturating_add(LEEWAY_SECONDS)
+}
+
+/// The record key of a client's `jti`: the client id's length first, so no pair of client id
+/// and `jti` can be mistaken for another.
+fn record_key(client_id: &str, jti: &str) -> String {
+    format!("{}:{client_id}{jti}", client_id.len())
 }
 
 impl ReplayGuard {
-    /// An empty guard.
+    /// A guard in process memory only (a restart forgets it); for tests and tools.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A guard that also keeps every accepted `jti` in `records` until its assertion expires.
+    pub fn durable(records: Arc<dyn RecordStore>) -> Self {
+        Self {
+            records: Some(records),
+            ..Self::default()
+        }
+    }
+
     /// Records the assertion's `jti` for its client; refuses one seen before and not expired.
+    /// For a durable guard the record is written before this returns `Ok`; when it cannot be
+    /// read or written, the assertion is refused.
     pub fn check_and_remember(
         &self,
         assertion: &CheckedAssertion,
         now: u64,
     ) -> Result<(), AssertionError> {
-        let mut seen = self.seen.lock();
-        if seen.len() > 10_000 {
-            seen.retain(|_, exp| now < exp.saturating_add(LEEWAY_SECONDS));
-        }
         let key = (assertion.client_id.clone(), assertion.jti.clone());
-        match seen.get(&key) {
-            Some(exp) if now < exp.saturating_add(LEEWAY_SECONDS) => Err(AssertionError::Replay),
-            _ => {
-                seen.insert(key, assertion.exp);
+        {
+            let mut seen = self.seen.lock();
+            if seen.len() > 10_000 {
+                seen.retain(|_, exp| unexpired(*exp, now));
+            }
+            match seen.get(&key) {
+                Some(exp) if unexpired(*exp, now) => return Err(AssertionError::Replay),
+                _ => {
+                    seen.insert(key.clone(), assertion.exp);
+                }
+            }
+        }
+        let Some(records) = &self.records else {
+            return Ok(());
+        };
+        let stored = record_key(&assertion.client_id, &assertion.jti);
+        let remembered = records
+            .get(USED_JTI_RECORD_KIND, &stored)
+            .and_then(|found| match found {
+                // Used before this process started, and still counting.
+                Some(body) if parse_exp(&body).is_none_or(|exp| unexpired(exp, now)) => {
+                    Ok(Some(AssertionError::Replay))
+                }
+                _ => records
+                    .put(
+                        USED_JTI_RECORD_KIND,
+                        &stored,
+                        assertion.exp.to_string().as_bytes(),
+                    )
+                    .map(|()| None),
+            });
+        match remembered {
+            Ok(None) => {
+                self.prune(records.as_ref(), now);
                 Ok(())
+            }
+            Ok(Some(refusal)) => Err(refusal),
+            Err(e) => {
+                // Not recorded: forget it here too, so a retry is judged afresh.
+                self.seen.lock().remove(&key);
+                Err(AssertionError::Unavailable(e))
             }
         }
     }
+
+    /// Removes the stored `jti`s whose assertions have expired, in one batch, at most once a
+    /// minute; a failure is left for the next round.
+    fn prune(&self, records: &dyn RecordStore, now: u64) {
+        let due = self.next_prune.load(Ordering::Relaxed);
+        if now < due
+            || self
+                .next_prune
+                .compare_exchange(
+                    due,
+                    now + PRUNE_INTERVAL_SECONDS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let Ok(all) = records.list(USED_JTI_RECORD_KIND) else {
+            return;
+        };
+        let expired: Vec<String> = all
+            .into_iter()
+            .filter(|(_, body)| parse_exp(body).is_some_and(|exp| !unexpired(exp, now)))
+            .map(|(key, _)| key)
+            .collect();
+        let _ = records.delete(USED_JTI_RECORD_KIND, &expired);
+    }
+}
+
+/// The `exp` a stored `jti` record holds.
+fn parse_exp(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body).ok()?.parse().ok()
 }
 
 /// One usable public key of a registered JWK set.

@@ -16,6 +16,9 @@ pub trait RecordStore: Send + Sync {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Every (key, body) of `kind`, in key order.
     fn list(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, String>;
+    /// Removes the records of `kind` under each of `keys` (absent ones are no error), durably
+    /// and all at once.
+    fn delete(&self, kind: &str, keys: &[String]) -> Result<(), String>;
 }
 
 /// A [`RecordStore`] in memory, for tests and tools.
@@ -56,6 +59,14 @@ impl RecordStore for MemoryRecordStore {
             .map(|((_, key), body)| (key.clone(), body.clone()))
             .collect())
     }
+
+    fn delete(&self, kind: &str, keys: &[String]) -> Result<(), String> {
+        let mut records = self.records.write();
+        for key in keys {
+            records.remove(&(kind.to_owned(), key.clone()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +83,8 @@ mod tests {
         assert_eq!(s.get("a", "3").unwrap(), None);
         let keys: Vec<_> = s.list("a").unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["1", "2"]);
+        s.delete("a", &["1".into(), "9".into()]).unwrap();
+        assert_eq!(s.get("a", "1").unwrap(), None);
+        assert_eq!(s.get("b", "1").unwrap().as_deref(), Some(&b"other"[..]));
     }
 }

@@ -220,9 +220,9 @@ impl AuthService {
             issuer_url: issuer.to_owned(),
             audience: audience.to_owned(),
             codes: Codes::default(),
+            replay: ReplayGuard::durable(store.clone()),
             refresh: RefreshTokens::new(store),
             revocations,
-            replay: ReplayGuard::new(),
             users: RwLock::new(None),
         })
     }
@@ -306,7 +306,10 @@ impl AuthService {
                     .map_err(|_| TokenRequestError::InvalidClient)?;
                 self.replay
                     .check_and_remember(&checked, now)
-                    .map_err(TokenRequestError::InvalidAssertion)?;
+                    .map_err(|e| match e {
+                        AssertionError::Unavailable(m) => TokenRequestError::Internal(m),
+                        e => TokenRequestError::InvalidAssertion(e),
+                    })?;
                 Ok(client)
             }
         }
@@ -765,16 +768,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let svc = AuthService::with_clients(
-            store.clone(),
-            clients,
-            ISS,
-            AUD,
-            Duration::from_secs(600),
-            clock.clone(),
-            Arc::new(SystemRng::new()),
-        )
-        .unwrap();
+        let svc = service(&store, clients, &clock);
         let users = Arc::new(Users::default());
         users.0.lock().insert("pat".into());
         svc.attach_users(users.clone());
@@ -792,6 +786,24 @@ mod tests {
             users,
             store,
         }
+    }
+
+    /// The service over `store` and `clients` (a second one over the same records is a restart).
+    fn service(
+        store: &Arc<dyn RecordStore>,
+        clients: Arc<Clients>,
+        clock: &Arc<ManualClock>,
+    ) -> AuthService {
+        AuthService::with_clients(
+            store.clone(),
+            clients,
+            ISS,
+            AUD,
+            Duration::from_secs(600),
+            clock.clone(),
+            Arc::new(SystemRng::new()),
+        )
+        .unwrap()
     }
 
     fn challenge(v: &str) -> String {
@@ -1408,6 +1420,45 @@ mod tests {
             fails(&sign_with(es, &h, &assertion_claims("j12", T0 + 400))),
             None
         );
+    }
+
+    #[test]
+    fn a_used_jti_outlives_a_restart_and_is_pruned_once_expired() {
+        use crate::assertion::{AssertionError as E, USED_JTI_RECORD_KIND};
+        let f = fx();
+        let key = es384_backend(&f);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let es = |m: &[u8]| key.sign(&rng, m).unwrap().as_ref().to_vec();
+        let h = json!({"alg": "ES384", "kid": "e1", "typ": "JWT"});
+        let good = sign_with(es, &h, &assertion_claims("r1", T0 + 240));
+        f.svc.client_credentials_grant(via(&good), None).unwrap();
+        // A new service over the same records, as after a restart: the jti is still used.
+        let restarted = service(&f.store, f.svc.clients().clone(), &f.clock);
+        match restarted.client_credentials_grant(via(&good), None) {
+            Err(TokenRequestError::InvalidAssertion(E::Replay)) => {}
+            other => panic!("a replay after a restart was not refused: {other:?}"),
+        }
+        assert_eq!(f.store.list(USED_JTI_RECORD_KIND).unwrap().len(), 1);
+        // Once r1 has expired (skew included), the next accepted assertion prunes its record.
+        f.clock
+            .advance(Duration::from_secs(240 + crate::token::LEEWAY_SECONDS + 61));
+        let later = sign_with(
+            es,
+            &h,
+            &assertion_claims("r2", T0 + 500 + crate::token::LEEWAY_SECONDS),
+        );
+        restarted
+            .client_credentials_grant(via(&later), None)
+            .unwrap();
+        let keys: Vec<String> = f
+            .store
+            .list(USED_JTI_RECORD_KIND)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].ends_with("ber2"), "{keys:?}");
     }
 
     fn es384_other() -> aws_lc_rs::signature::EcdsaKeyPair {

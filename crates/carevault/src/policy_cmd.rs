@@ -16,7 +16,8 @@ pub enum PolicyCommand {
         #[command(flatten)]
         data: DataArg,
     },
-    /// Evaluate one request against the policy in force and print allow or deny with the reason.
+    /// Evaluate one request against the policy in force (or, with `--policy FILE`, against that
+    /// file, without storing it) and print allow or deny with the reason.
     Check(CheckArgs),
     /// Validate a cedar policy file against the request schema and make it the policy in force
     /// (a running server picks it up within a second).
@@ -53,8 +54,22 @@ pub struct CheckArgs {
     /// The resource is in the user's own Patient compartment.
     #[arg(long)]
     own: bool,
+    /// Evaluate against this cedar policy file instead of the policy in force (a dry run of
+    /// `policy set`: the file is validated and nothing is stored).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     data: DataArg,
+}
+
+/// Reads and compiles a policy file; the error is one sentence naming the file.
+fn policy_file(file: &std::path::Path, failure: &str) -> anyhow::Result<(String, Engine)> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the policy file {}", file.display()))?;
+    match Engine::from_text(&text) {
+        Ok(engine) => Ok((text, engine)),
+        Err(e) => bail!("{} {failure}: {e}", file.display()),
+    }
 }
 
 /// Runs a policy command.
@@ -78,12 +93,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
         }
         PolicyCommand::Check(a) => check(a),
         PolicyCommand::Set { file, data } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read the policy file {}", file.display()))?;
             // Validate before opening anything, so a bad file changes nothing anywhere.
-            if let Err(e) = Engine::from_text(&text) {
-                bail!("{} was not stored: {e}", file.display());
-            }
+            let (text, _) = policy_file(&file, "was not stored")?;
             let store = open_store(&data)?;
             let records = carevault_server::records::SystemRecords(store.clone());
             carevault_policy::set_policy(&records, &text)
@@ -174,11 +185,17 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let from_file = match &a.policy {
+        Some(file) => Some(policy_file(file, "cannot be used")?.1),
+        None => None,
+    };
     let store = open_store(&a.data)?;
     let p = principal(&a.principal, &store)?;
-    let records = carevault_server::records::SystemRecords(store);
-    let engine = carevault_policy::load_engine(&records)
-        .context("the stored policy cannot be used; fix it with `carevault policy set`")?;
+    let engine = match from_file {
+        Some(engine) => engine,
+        None => carevault_policy::load_engine(&carevault_server::records::SystemRecords(store))
+            .context("the stored policy cannot be used; fix it with `carevault policy set`")?,
+    };
     let facts = Facts {
         relationship: a.relationship,
         billing_relationship: a.billing_relationship,

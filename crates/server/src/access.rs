@@ -141,14 +141,6 @@ fn is_ordered_subset(p: &str, of: &str) -> bool {
     p.chars().all(|c| it.by_ref().any(|o| o == c))
 }
 
-/// Verifies the bearer token and builds the caller (its scopes alone).
-pub fn authenticate(
-    app: &App,
-    header: Option<&HeaderValue>,
-) -> Result<Caller, carevault_auth::TokenError> {
-    authenticate_claims(app, header).map(|(caller, _)| caller)
-}
-
 /// Verifies the bearer token: the caller's scopes and the token's claims (user, fhirUser,
 /// launch patient), which [`crate::authz`] turns into the principal.
 pub fn authenticate_claims(

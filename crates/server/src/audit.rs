@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use carevault_audit::checkpoint::{Checkpoint, NoteSigner};
+use carevault_audit::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use carevault_audit::event::{self, AuditRecord, EventKind, Outcome, RestInteraction, UserRef};
 use carevault_crypto::Clock;
 use carevault_store::audit_log::{self, AuditAppend, AuditKey};
@@ -63,6 +63,14 @@ impl Note {
     pub(crate) fn add_patients_of(&mut self, resource: &Value) {
         for p in patients_in(resource) {
             add_unique(&mut self.patients, p);
+        }
+    }
+
+    /// Adds patients by id (without `Patient/`), as the store worked them out for a resource's
+    /// Patient compartment ([`carevault_store::Stored::patients`]).
+    pub(crate) fn add_patient_ids(&mut self, ids: &[String]) {
+        for id in ids {
+            add_unique(&mut self.patients, format!("Patient/{id}"));
         }
     }
 }
@@ -204,9 +212,13 @@ impl Trail {
         }
         let checkpoints = dir.join("checkpoints");
         let latest = read_last_note(&checkpoints)?;
+        // The size this node last signed; a note that does not verify under its own key (or
+        // none) counts as nothing signed, so the next checkpoint is made at once.
+        let verifier = NoteVerifier::from_vkey(&signer.verifier_key())
+            .map_err(|e| TrailError::Key(e.to_string()))?;
         let signed_size = latest
             .as_deref()
-            .and_then(|n| Checkpoint::parse_body(n).ok())
+            .and_then(|n| verifier.verify(n).ok())
             .map_or(0, |c| c.size);
         Ok(Trail {
             node,
@@ -724,4 +736,32 @@ pub fn start_shippers(
         )?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn note() -> SharedNote {
+        Note::new(Party::default(), RestInteraction::Read)
+    }
+
+    #[test]
+    fn patients_by_id_are_listed_like_those_found_in_the_resource() {
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/a"}, "performer": [{"reference": "Patient/b"}]});
+        let from_json = note();
+        from_json.lock().add_patients_of(&obs);
+        let mut listed = from_json.lock().patients.clone();
+        listed.sort();
+        assert_eq!(listed, ["Patient/a", "Patient/b"]);
+
+        let by_id = note();
+        by_id
+            .lock()
+            .add_patient_ids(&["a".to_owned(), "b".to_owned()]);
+        by_id.lock().add_patient_ids(&["b".to_owned()]);
+        assert_eq!(by_id.lock().patients, ["Patient/a", "Patient/b"]);
+    }
 }

@@ -11,13 +11,14 @@ use carevault_audit::event::{self, EventKind, RestInteraction};
 use carevault_crypto::Keyring;
 use carevault_store::audit_log::{self, AuditEntry, AuditKey};
 use carevault_store::backend::AuditQuery;
-use carevault_store::{RestError, Store};
+use carevault_store::{Access, Op, RestError, Store};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::access::{Caller, Interaction};
+use crate::access::Interaction;
 use crate::audit::{Note, Party};
+use crate::authz::{self, Denial};
 use crate::outcome::ApiError;
 
 /// At most this many audit entries are examined for one search page before the search is
@@ -357,41 +358,105 @@ pub fn render_report(
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
-/// Authenticates an auditor: a bearer token whose scopes allow reading AuditEvent.
-fn auditor(app: &App, req_headers: &http::HeaderMap) -> Result<Caller, ApiError> {
-    let caller = crate::access::authenticate(app, req_headers.get(header::AUTHORIZATION))
-        .map_err(|e| ApiError::unauthorized(&e.to_string(), &e.www_authenticate()))?;
-    if !caller.allows("AuditEvent", Interaction::Read) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Only auditors (a token allowed to read AuditEvent) may read the audit trail.",
-        ));
+/// The audit party of a request to the audit routes, before its caller is known.
+fn request_party(req: &Request) -> Party {
+    Party {
+        request_id: request_id(req),
+        address: req
+            .extensions()
+            .get::<crate::PeerAddr>()
+            .map(|p| p.0.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+        ..Party::default()
     }
-    Ok(caller)
 }
 
-/// Records that an auditor used the audit trail, durably; a failure refuses the request.
-async fn audit_use(
+/// Authorizes a use of the audit trail through the same gate as FHIR AuditEvent reads: the
+/// verified token's principal (the live account, or a system client), the training gate, the
+/// policy's requirement for `interaction` on AuditEvent and the token's scopes. Only a caller
+/// whose access to AuditEvent is unrestricted passes: a user with the `auditor` role, or a
+/// system client with an AuditEvent scope. A patient reaches their own accounting of
+/// disclosures at `Patient/{id}/AuditEvent`, not here. A refusal is audited before it leaves.
+async fn authorize(
     app: &Arc<App>,
-    caller: &Caller,
-    request_id: Option<String>,
-    detail: Vec<(String, String)>,
-    patients: Vec<String>,
+    mut party: Party,
+    headers: &http::HeaderMap,
+    interaction: Interaction,
+) -> Result<Party, Response> {
+    let (caller, claims, principal) =
+        match authz::verify_principal(app, headers.get(header::AUTHORIZATION)) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = authz::token_refusal(&e, party.request_id.as_deref().unwrap_or("-"));
+                let detail = (
+                    "authentication".to_owned(),
+                    "bearer token refused".to_owned(),
+                );
+                return Err(refused(app, party, detail, err).await);
+            }
+        };
+    party.client = Some(caller.client_id().to_owned());
+    authz::fill_party(&mut party, &principal);
+    let now_ms = app.trail.now_ms();
+    let today = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN);
+    let decided = authz::check_training(app, &principal, today).and_then(|()| {
+        let gate = authz::build(
+            app,
+            principal,
+            caller,
+            claims.patient.clone(),
+            std::collections::HashSet::new(),
+            now_ms,
+        );
+        gate.check_type("AuditEvent", interaction)?;
+        match gate.access(Op::Read, "AuditEvent") {
+            Access::All => Ok(()),
+            _ => Err(Denial {
+                error: ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Only auditors may use the audit trail routes; a patient reads their own accounting of disclosures at Patient/{id}/AuditEvent.",
+                ),
+                reason: "audit trail route without unrestricted AuditEvent access".into(),
+            }),
+        }
+    });
+    match decided {
+        Ok(()) => Ok(party),
+        Err(d) => Err(refused(app, party, ("decision".into(), d.reason), d.error).await),
+    }
+}
+
+/// Audits a refused use of the audit trail and answers with `err` (or 503 when the event
+/// cannot be written).
+async fn refused(
+    app: &Arc<App>,
+    party: Party,
+    detail: (String, String),
+    err: ApiError,
+) -> Response {
+    let note = Note::new(party, RestInteraction::Read);
+    note.lock().detail.push(detail);
+    let record = app.trail.request_record(&note.lock(), err.status.as_u16());
+    match append_event(app, &record).await {
+        Ok(()) => err.into_response(),
+        Err(unavailable) => unavailable.into_response(),
+    }
+}
+
+/// Appends `record` to the trail durably; when it cannot be written, the 503 that refuses the
+/// request.
+async fn append_event(
+    app: &Arc<App>,
+    record: &carevault_audit::AuditRecord,
 ) -> Result<(), ApiError> {
-    let party = Party {
-        request_id,
-        client: Some(caller.client_id().to_owned()),
-        purpose: vec!["HOPERAT".into()],
-        ..Party::default()
-    };
-    let mut r = app
-        .trail
-        .request_record(&Note::new(party, RestInteraction::Read).lock(), 200);
-    r.kind = EventKind::AuditLogUsed;
-    r.detail = detail;
-    r.patients = patients;
-    let append = crate::audit::to_append(&r);
+    let append = crate::audit::to_append(record);
     let store = app.rest.store().clone();
     match tokio::task::spawn_blocking(move || audit_log::append_durably(&*store, vec![append]))
         .await
@@ -403,6 +468,23 @@ async fn audit_use(
             "The audit trail could not be written, so the request was refused; retry later.",
         )),
     }
+}
+
+/// Records that an authorized caller used the audit trail, durably; a failure refuses the
+/// request.
+async fn audit_use(
+    app: &Arc<App>,
+    party: Party,
+    detail: Vec<(String, String)>,
+    patients: Vec<String>,
+) -> Result<(), ApiError> {
+    let mut r = app
+        .trail
+        .request_record(&Note::new(party, RestInteraction::Read).lock(), 200);
+    r.kind = EventKind::AuditLogUsed;
+    r.detail = detail;
+    r.patients = patients;
+    append_event(app, &r).await
 }
 
 fn request_id(req: &Request) -> Option<String> {
@@ -447,15 +529,15 @@ pub(crate) async fn proof(
     Query(p): Query<ProofParams>,
     req: Request,
 ) -> Response {
-    let caller = match auditor(&app, req.headers()) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let headers = req.headers();
+    let party = match authorize(&app, request_party(&req), headers, Interaction::Read).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let rid = request_id(&req);
     if let Err(r) = audit_use(
         &app,
-        &caller,
-        rid.clone(),
+        party,
         vec![("audit-proof".into(), seq.to_string())],
         Vec::new(),
     )
@@ -507,15 +589,15 @@ pub(crate) async fn consistency(
     Query(p): Query<ConsistencyParams>,
     req: Request,
 ) -> Response {
-    let caller = match auditor(&app, req.headers()) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let headers = req.headers();
+    let party = match authorize(&app, request_party(&req), headers, Interaction::Read).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let rid = request_id(&req);
     if let Err(r) = audit_use(
         &app,
-        &caller,
-        rid.clone(),
+        party,
         vec![(
             "audit-consistency".into(),
             format!("{}..{}", p.first, p.second),
@@ -585,24 +667,17 @@ pub fn report_bound(v: Option<&str>, upper: bool) -> Result<Option<i64>, RestErr
 }
 
 async fn report(app: Arc<App>, subject: ReportSubject, p: ReportParams, req: Request) -> Response {
-    let caller = match auditor(&app, req.headers()) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let headers = req.headers();
+    let party = match authorize(&app, request_party(&req), headers, Interaction::Search).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let rid = request_id(&req);
     let (label, patients) = match &subject {
         ReportSubject::Patient(p) => ("patient", vec![p.clone()]),
         ReportSubject::User(_) => ("user", Vec::new()),
     };
-    if let Err(r) = audit_use(
-        &app,
-        &caller,
-        rid.clone(),
-        vec![("report".into(), label.into())],
-        patients,
-    )
-    .await
-    {
+    if let Err(r) = audit_use(&app, party, vec![("report".into(), label.into())], patients).await {
         return r.into_response();
     }
     let store = app.rest.store().clone();

@@ -46,6 +46,38 @@ pub struct BreakGlassGrant {
     pub expires_ms: i64,
 }
 
+/// The break-the-glass grants of one user: one sealed system record per user (its key is the
+/// user name), pruned of expired grants each time it is written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserGrants {
+    /// The grants, at most one per patient.
+    pub grants: Vec<BreakGlassGrant>,
+}
+
+impl UserGrants {
+    fn parse(body: &[u8]) -> Result<Self, carevault_store::RestError> {
+        serde_json::from_slice(body).map_err(|_| {
+            carevault_store::RestError::Integrity(
+                "a stored break-the-glass record is not readable".into(),
+            )
+        })
+    }
+
+    /// The grants still counting at `now_ms`.
+    pub fn live(&self, now_ms: i64) -> impl Iterator<Item = &BreakGlassGrant> {
+        self.grants.iter().filter(move |g| g.expires_ms > now_ms)
+    }
+
+    /// Adds `grant`, replacing an earlier grant for the same patient and dropping every grant
+    /// that has expired by the time it is made.
+    pub fn add(&mut self, grant: BreakGlassGrant) {
+        let now = grant.granted_ms;
+        self.grants
+            .retain(|g| g.expires_ms > now && g.patient != grant.patient);
+        self.grants.push(grant);
+    }
+}
+
 /// Where an alert for a new break-the-glass grant will be raised. Alerts (PRODUCT.md section 5)
 /// arrive with the monitoring issue; until then the grant's audit event (kind `break-glass`,
 /// purpose BTG, with the reason) is the record a reviewer works from.
@@ -189,9 +221,14 @@ impl Authz {
             .clone()
     }
 
+    /// The care set with the patients of live break-the-glass grants added (the care set
+    /// itself, shared rather than copied, when there are none).
     fn care_or_btg_set(&self) -> Arc<HashSet<String>> {
         self.care_or_btg
             .get_or_init(|| {
+                if self.grants.is_empty() {
+                    return self.care_set();
+                }
                 let mut s: HashSet<String> = (*self.care_set()).clone();
                 s.extend(self.grants.iter().cloned());
                 Arc::new(s)
@@ -423,6 +460,35 @@ pub fn principal_of(
     }
 }
 
+/// Verifies a request's bearer token and builds its principal: the caller's scopes, the token's
+/// claims and the principal. A token whose account is gone or disabled no longer counts
+/// ([`carevault_auth::TokenError::UserDisabled`]).
+pub fn verify_principal(
+    app: &App,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<(Caller, Arc<carevault_auth::Claims>, Principal), carevault_auth::TokenError> {
+    let (caller, claims) = crate::access::authenticate_claims(app, authorization)?;
+    match principal_of(app, &claims) {
+        Ok(Some(p)) => Ok((caller, claims, p)),
+        Ok(None) => Err(carevault_auth::TokenError::UserDisabled),
+        Err(_) => Err(carevault_auth::TokenError::Store(
+            "the account could not be read".into(),
+        )),
+    }
+}
+
+/// The answer to a refused bearer token: 401 with its challenge, or 500 when verification itself
+/// failed (logged with the request id).
+pub fn token_refusal(e: &carevault_auth::TokenError, request_id: &str) -> ApiError {
+    match e {
+        carevault_auth::TokenError::Store(_) | carevault_auth::TokenError::Crypto(_) => {
+            tracing::error!(request_id, error = %e, "token verification failed");
+            ApiError::internal(request_id)
+        }
+        _ => ApiError::unauthorized(&e.to_string(), &e.www_authenticate()),
+    }
+}
+
 /// The audit party's user and purpose for a principal.
 pub fn fill_party(party: &mut Party, p: &Principal) {
     match &p.user {
@@ -493,20 +559,18 @@ pub async fn live_grants(app: &Arc<App>, user: &str, now_ms: i64) -> HashSet<Str
 
 /// The live grants of `user` as stored; `None` when they cannot be read (fail closed).
 fn stored_grants(store: &Arc<dyn Store>, user: &str, now_ms: i64) -> Option<HashSet<String>> {
-    let rows = match carevault_store::list_system_records(&**store, BTG_RECORD_KIND) {
-        Ok(r) => r,
+    let held = match carevault_store::get_system_record(&**store, BTG_RECORD_KIND, user) {
+        Ok(Some(body)) => UserGrants::parse(&body),
+        Ok(None) => Ok(UserGrants::default()),
+        Err(e) => Err(e),
+    };
+    match held {
+        Ok(held) => Some(held.live(now_ms).map(|g| g.patient.clone()).collect()),
         Err(e) => {
             tracing::error!(error = %e, "break-the-glass grants could not be read");
-            return None;
+            None
         }
-    };
-    Some(
-        rows.into_iter()
-            .filter_map(|(_, body)| serde_json::from_slice::<BreakGlassGrant>(&body).ok())
-            .filter(|g| g.user == user && g.expires_ms > now_ms)
-            .map(|g| g.patient)
-            .collect(),
-    )
+    }
 }
 
 /// The reason of an `X-Break-Glass` header: 1 to 500 characters after trimming, no control
@@ -571,8 +635,8 @@ pub fn request_patient(
 }
 
 /// Grants `user` break-the-glass access to `patient` for the configured time: stores the grant
-/// durably and appends its audit event (kind break-glass, purpose BTG, the reason) before the
-/// request goes on.
+/// in the user's grant record and appends its audit event (kind break-glass, purpose BTG, the
+/// reason) in one durable write before the request goes on.
 pub async fn grant_break_glass(
     app: &Arc<App>,
     party: &Party,
@@ -600,13 +664,25 @@ pub async fn grant_break_glass(
         carevault_store::instant::format_ms(grant.expires_ms),
     ));
     let append = crate::audit::to_append(&rec);
-    let body = serde_json::to_vec(&grant).map_err(|_| ApiError::internal("-"))?;
-    let key = format!("{user}|{patient}");
     let store = app.rest.store().clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<(), carevault_store::RestError> {
-        carevault_store::put_system_record(&*store, BTG_RECORD_KIND, &key, &body)?;
-        carevault_store::audit_log::append_durably(&*store, vec![append])?;
-        Ok(())
+    let keyring = store.keyring().clone();
+    let (key, stored) = (user.to_owned(), grant.clone());
+    // One writer job: the user's grant record and the grant's audit event commit together or
+    // not at all.
+    let done = tokio::task::spawn_blocking(move || {
+        carevault_store::write_with(&*store, move |tx| {
+            let identity = carevault_store::backend::system_record_identity(BTG_RECORD_KIND, &key);
+            let mut held = match tx.get_system_record(BTG_RECORD_KIND, &key)? {
+                Some(sealed) => UserGrants::parse(&keyring.open(&identity, &sealed)?)?,
+                None => UserGrants::default(),
+            };
+            held.add(stored);
+            let body = serde_json::to_vec(&held)
+                .map_err(|e| carevault_store::RestError::Store(e.to_string()))?;
+            tx.put_system_record(BTG_RECORD_KIND, &key, &keyring.seal(&identity, &body)?)?;
+            carevault_store::audit_log::append(tx, &keyring, &append)?;
+            Ok(())
+        })
     })
     .await;
     match done {
@@ -687,6 +763,29 @@ mod tests {
         assert_eq!(intersect(Access::All, set(&["a"])), set(&["a"]));
         assert_eq!(intersect(Access::Hidden, Access::All), Access::Hidden);
         assert_eq!(intersect(set(&["a", "b"]), set(&["b", "c"])), set(&["b"]));
+    }
+
+    #[test]
+    fn a_new_grant_prunes_expired_ones_and_replaces_its_patients() {
+        let grant = |patient: &str, granted_ms: i64, expires_ms: i64| BreakGlassGrant {
+            user: "jdoe".into(),
+            patient: patient.into(),
+            reason: "unconscious in ED".into(),
+            granted_ms,
+            expires_ms,
+        };
+        let mut held = UserGrants::default();
+        held.add(grant("a", 0, 1_000));
+        held.add(grant("b", 500, 5_000));
+        held.add(grant("b", 900, 6_000));
+        assert_eq!(held.grants.len(), 2, "one grant per patient: {held:?}");
+        // At 2 000 the grant for a has expired: the next write drops it.
+        held.add(grant("c", 2_000, 9_000));
+        let patients: Vec<&str> = held.grants.iter().map(|g| g.patient.as_str()).collect();
+        assert_eq!(patients, ["b", "c"]);
+        assert_eq!(held.grants[0].expires_ms, 6_000);
+        let live: Vec<&str> = held.live(6_000).map(|g| g.patient.as_str()).collect();
+        assert_eq!(live, ["c"]);
     }
 
     #[test]

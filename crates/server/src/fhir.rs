@@ -88,28 +88,11 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         return r;
     }
     let interaction = default_interaction(&parts.method);
-    let verified =
-        crate::access::authenticate_claims(&app, parts.headers.get(header::AUTHORIZATION))
-            .and_then(
-                |(caller, claims)| match authz::principal_of(&app, &claims) {
-                    Ok(Some(p)) => Ok((caller, claims, p)),
-                    // The account behind the token is gone or disabled: the token no longer counts.
-                    Ok(None) => Err(carevault_auth::TokenError::UserDisabled),
-                    Err(_) => Err(carevault_auth::TokenError::Store(
-                        "the account could not be read".into(),
-                    )),
-                },
-            );
+    let verified = authz::verify_principal(&app, parts.headers.get(header::AUTHORIZATION));
     let (caller, claims, principal) = match verified {
         Ok(c) => c,
         Err(e) => {
-            let mut r = match e {
-                carevault_auth::TokenError::Store(_) | carevault_auth::TokenError::Crypto(_) => {
-                    tracing::error!(request_id = &*request_id, error = %e, "token verification failed");
-                    ApiError::internal(&request_id).into_response()
-                }
-                _ => ApiError::unauthorized(&e.to_string(), &e.www_authenticate()).into_response(),
-            };
+            let mut r = authz::token_refusal(&e, &request_id).into_response();
             let note = Note::new(party, interaction);
             note.lock()
                 .detail
@@ -710,15 +693,21 @@ impl Call {
         self.note().interaction = i;
     }
 
-    /// Records a resource version the response returns, with its patients.
+    /// Records a resource version the response returns, with its patients: the ones the store
+    /// already worked out for its visibility decision, or else from the JSON.
     fn note_stored(&self, stored: &Stored) {
         let mut n = self.note();
         n.resources.push(format!(
             "{}/{}/_history/{}",
             stored.rtype, stored.id, stored.version
         ));
-        if let Ok(v) = serde_json::from_slice::<Value>(&stored.json) {
-            n.add_patients_of(&v);
+        match &stored.patients {
+            Some(ids) => n.add_patient_ids(ids),
+            None => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&stored.json) {
+                    n.add_patients_of(&v);
+                }
+            }
         }
     }
 

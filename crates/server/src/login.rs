@@ -142,17 +142,15 @@ pub(crate) async fn login_submit(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Response {
-    let form = Form::parse(&body);
-    let Some((old_id, session)) = current_session(&app, &headers) else {
-        return expired_form();
+    let Posted {
+        form,
+        session_id: old_id,
+        session,
+        return_to,
+    } = match posted(&app, &headers, &body, current_session) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
     };
-    if !session.check_csrf(form.get("csrf").unwrap_or("")) {
-        return expired_form();
-    }
-    let return_to = form
-        .get("return_to")
-        .and_then(safe_return_to)
-        .map(str::to_owned);
     let name = form.get("username").unwrap_or("").trim().to_owned();
     let password = SecretString::from(form.get("password").unwrap_or("").to_owned());
     let otp = Zeroizing::new(form.get("otp").unwrap_or("").to_owned());
@@ -306,17 +304,15 @@ pub(crate) async fn mfa_submit(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Response {
-    let form = Form::parse(&body);
-    let Some((old_id, session)) = enrolment_session(&app, &headers) else {
-        return expired_form();
+    let Posted {
+        form,
+        session_id: old_id,
+        session,
+        return_to,
+    } = match posted(&app, &headers, &body, enrolment_session) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
     };
-    if !session.check_csrf(form.get("csrf").unwrap_or("")) {
-        return expired_form();
-    }
-    let return_to = form
-        .get("return_to")
-        .and_then(safe_return_to)
-        .map(str::to_owned);
     let name = session.user.clone().unwrap_or_default();
     let code = form.get("otp").unwrap_or("").to_owned();
     let app2 = app.clone();
@@ -513,21 +509,54 @@ fn session_cookie(headers: &HeaderMap) -> Option<Zeroizing<String>> {
     None
 }
 
-/// The live session of any stage, with its id.
-fn current_session(
+/// A sign-in form posted with the CSRF token of its session.
+struct Posted {
+    form: Form,
+    session_id: Zeroizing<String>,
+    session: carevault_identity::Session,
+    /// The form's `return_to`, when it is a safe local path.
+    return_to: Option<String>,
+}
+
+/// What both sign-in steps check first: parses `body` and matches its CSRF token against the
+/// session `find` returns; the expired-form page when there is no such session or no match.
+fn posted(
     app: &App,
     headers: &HeaderMap,
-) -> Option<(Zeroizing<String>, carevault_identity::Session)> {
+    body: &[u8],
+    find: fn(&App, &HeaderMap) -> Option<SessionEntry>,
+) -> Result<Posted, Box<Response>> {
+    let form = Form::parse(body);
+    let Some((session_id, session)) = find(app, headers) else {
+        return Err(Box::new(expired_form()));
+    };
+    if !session.check_csrf(form.get("csrf").unwrap_or("")) {
+        return Err(Box::new(expired_form()));
+    }
+    let return_to = form
+        .get("return_to")
+        .and_then(safe_return_to)
+        .map(str::to_owned);
+    Ok(Posted {
+        form,
+        session_id,
+        session,
+        return_to,
+    })
+}
+
+/// A browser session's id (the cookie value) and state.
+type SessionEntry = (Zeroizing<String>, carevault_identity::Session);
+
+/// The live session of any stage, with its id.
+fn current_session(app: &App, headers: &HeaderMap) -> Option<SessionEntry> {
     let id = session_cookie(headers)?;
     let s = app.sessions.touch(&id)?;
     Some((id, s))
 }
 
 /// A session in the enrolment stage whose account still has no second factor and is enabled.
-fn enrolment_session(
-    app: &App,
-    headers: &HeaderMap,
-) -> Option<(Zeroizing<String>, carevault_identity::Session)> {
+fn enrolment_session(app: &App, headers: &HeaderMap) -> Option<SessionEntry> {
     let (id, s) = current_session(app, headers)?;
     if s.stage != Stage::MfaEnrolment {
         return None;
@@ -714,11 +743,13 @@ fn url_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// An `application/x-www-form-urlencoded` body; values are zeroized when dropped.
-struct Form(Vec<(String, Zeroizing<String>)>);
+/// An `application/x-www-form-urlencoded` body (the sign-in forms, and the OAuth endpoints'
+/// parameters); values are zeroized when dropped.
+pub(crate) struct Form(Vec<(String, Zeroizing<String>)>);
 
 impl Form {
-    fn parse(body: &[u8]) -> Form {
+    /// Parses `body`.
+    pub(crate) fn parse(body: &[u8]) -> Form {
         Form(
             form_urlencoded::parse(body)
                 .map(|(k, v)| (k.into_owned(), Zeroizing::new(v.into_owned())))
@@ -727,12 +758,21 @@ impl Form {
     }
 
     /// The value of `key` when it appears exactly once.
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         let mut it = self.0.iter().filter(|(k, _)| k == key);
         match (it.next(), it.next()) {
             (Some((_, v)), None) => Some(v.as_str()),
             _ => None,
         }
+    }
+
+    /// The first parameter that appears more than once, if any.
+    pub(crate) fn repeated(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .enumerate()
+            .find(|(i, (k, _))| self.0.iter().take(*i).any(|(n, _)| n == k))
+            .map(|(_, (k, _))| k.as_str())
     }
 }
 
@@ -798,6 +838,8 @@ mod tests {
         let f = Form::parse(b"a=1&b=x%20y&a=2");
         assert_eq!(f.get("b"), Some("x y"));
         assert_eq!(f.get("a"), None, "repeated");
+        assert_eq!(f.repeated(), Some("a"));
+        assert_eq!(Form::parse(b"a=1&b=2").repeated(), None);
     }
 
     #[test]

@@ -115,8 +115,8 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
     (!user.is_empty() && user.len() <= 64 && !user.chars().any(char::is_control)).then_some(user)
 }
 
-/// A urlencoded form whose parameters may each appear once.
-struct Form(Vec<(String, String)>);
+/// A urlencoded form whose parameters may each appear once (values zeroized when dropped).
+struct Form(crate::login::Form);
 
 impl Form {
     fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, Box<Response>> {
@@ -131,21 +131,19 @@ impl Form {
                 "the body must be application/x-www-form-urlencoded",
             )));
         }
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            if pairs[..i].iter().any(|(n, _)| n == k) {
-                return Err(Box::new(oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("the parameter {k} was repeated"),
-                )));
-            }
+        let form = crate::login::Form::parse(body);
+        if let Some(k) = form.repeated() {
+            return Err(Box::new(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("the parameter {k} was repeated"),
+            )));
         }
-        Ok(Self(pairs))
+        Ok(Self(form))
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.0.get(k)
     }
 
     /// How the request authenticates its client (one method only).

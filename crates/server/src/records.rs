@@ -19,6 +19,21 @@ impl carevault_auth::RecordStore for SystemRecords {
     fn list(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         carevault_store::list_system_records(self.0.as_ref(), kind).map_err(|e| e.to_string())
     }
+
+    fn delete(&self, kind: &str, keys: &[String]) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (kind, keys) = (kind.to_owned(), keys.to_vec());
+        // One writer job for the whole batch.
+        carevault_store::write_with(self.0.as_ref(), move |tx| {
+            for key in &keys {
+                tx.delete_system_record(&kind, key)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Opens the auth service of a running server: issuer `https://host:port`, audience the FHIR base.

@@ -26,6 +26,11 @@ pub struct Stored {
     pub last_updated_ms: i64,
     /// The resource JSON including `meta`, exactly as stored.
     pub json: Vec<u8>,
+    /// The ids (without `Patient/`) of the patients in whose compartment this version is, when
+    /// the store worked them out: a read or vread whose visibility depends on the patient does,
+    /// once, for its visibility decision, and the caller's audit entry reuses them. `None` when
+    /// it did not.
+    pub patients: Option<Vec<String>>,
 }
 
 /// The outcome of a create or update.
@@ -154,6 +159,7 @@ pub fn open_record(
         version: rec.version,
         last_updated_ms: rec.last_updated_ms,
         json,
+        patients: None,
     })
 }
 
@@ -303,6 +309,7 @@ pub fn prepare(
             version,
             last_updated_ms: now_ms,
             json,
+            patients: None,
         },
     ))
 }
@@ -481,14 +488,18 @@ pub fn read_in(
     };
     match r.current(rtype, id)? {
         None => Err(not_found()),
-        Some(rec) if !search::version_visible(r, keyring, vis, &rec)? => Err(not_found()),
-        Some(rec) if rec.deleted => Err(RestError::Gone {
-            rtype: rtype.to_owned(),
-            id: id.to_owned(),
-            version: rec.version,
-            last_updated_ms: rec.last_updated_ms,
+        Some(rec) if rec.deleted => Err(if search::version_visible(r, keyring, vis, &rec)? {
+            RestError::Gone {
+                rtype: rtype.to_owned(),
+                id: id.to_owned(),
+                version: rec.version,
+                last_updated_ms: rec.last_updated_ms,
+            }
+        } else {
+            not_found()
         }),
-        Some(rec) => open_record(r, keyring, &rec),
+        // Opened once: the patients that decide visibility are the ones the result carries.
+        Some(rec) => search::open_visible(r, keyring, vis, &rec)?.ok_or_else(not_found),
     }
 }
 
@@ -615,10 +626,10 @@ impl Rest {
         let v: u64 = version.parse().map_err(|_| not_found())?;
         let mut reader = self.store.reader()?;
         let rec = reader.version(rtype, id, v)?.ok_or_else(not_found)?;
-        if !search::version_visible(&mut *reader, self.store.keyring(), &self.vis, &rec)? {
-            return Err(not_found());
-        }
         if rec.deleted {
+            if !search::version_visible(&mut *reader, self.store.keyring(), &self.vis, &rec)? {
+                return Err(not_found());
+            }
             return Err(RestError::Gone {
                 rtype: rtype.to_owned(),
                 id: id.to_owned(),
@@ -626,7 +637,8 @@ impl Rest {
                 last_updated_ms: rec.last_updated_ms,
             });
         }
-        open_record(&mut *reader, self.store.keyring(), &rec)
+        search::open_visible(&mut *reader, self.store.keyring(), &self.vis, &rec)?
+            .ok_or_else(not_found)
     }
 
     /// Creates a resource with a server-assigned id; with `if_none_exist`, a conditional create.

@@ -55,13 +55,19 @@ impl Server {
 
     /// Starts (or restarts) the binary on `dir`, waiting for its banner.
     pub fn spawn(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        Self::spawn_on(dir, env, "127.0.0.1:0")
+    }
+
+    /// Like [`Server::spawn`], listening on `listen` (a restart on the same port keeps the
+    /// server's URLs, and so the token endpoint a client assertion names).
+    pub fn spawn_on(dir: tempfile::TempDir, env: &[(&str, &str)], listen: &str) -> Server {
         let data = data_dir(&dir);
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--data")
             .arg(&data)
             .arg("--listen")
-            .arg("127.0.0.1:0");
+            .arg(listen);
         for (k, v) in env {
             cmd.env(k, v);
         }

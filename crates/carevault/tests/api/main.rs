@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit;
+mod audit_access;
 mod authz_matrix;
 mod client_library;
 mod durability;
@@ -12,6 +13,7 @@ mod keys;
 mod leaks;
 mod lifecycle;
 mod login;
+mod policy_cli;
 mod rejections;
 mod rest;
 mod search;

@@ -2,7 +2,8 @@
 //! nothing: forged bearer tokens (`alg: none`, forged signature, HS256 key confusion, another
 //! server's token, wrong issuer/audience), revoked tokens, PKCE missing/plain/wrong, redirect
 //! URI mismatch, authorization-code reuse, refresh-token reuse, a disabled account, and
-//! client assertions that are replayed or carry a wrong `aud`, `exp`, `alg` or key.
+//! client assertions that are replayed (also after a server restart) or carry a wrong `aud`,
+//! `exp`, `alg` or key.
 //! Expiry with a controlled clock is in the auth crate's unit tests.
 
 use crate::harness::{Server, cli, send};
@@ -361,6 +362,18 @@ async fn forged_and_revoked_bearer_tokens_are_refused() {
     assert!(www.contains("another server"), "{www}");
 }
 
+/// Asserts an `invalid_grant` refusal (400) whose description contains `says`.
+fn invalid_grant((st, body): (u16, Value), says: &str) {
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(description.contains(says), "{says:?}: {body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+}
+
 #[tokio::test]
 async fn authorization_code_attacks() {
     let s = Server::start().await;
@@ -502,7 +515,12 @@ async fn authorization_code_attacks() {
             ("client_id", "attack-app".to_string()),
         ]
     };
-    let as_ref = |v: &Vec<(&'static str, String)>| -> Vec<(&'static str, String)> { v.clone() };
+    // The redemption of `code` with the right verifier.
+    let redeem = |code: &str| {
+        let mut form = base(code);
+        form.push(("code_verifier", VERIFIER.into()));
+        form
+    };
     let post = |form: Vec<(&'static str, String)>| {
         let s = &s;
         async move {
@@ -510,116 +528,6 @@ async fn authorization_code_attacks() {
             token_request(s, &f).await
         }
     };
-    // Missing verifier; wrong verifier; redirect mismatch: invalid_grant, and the code is spent.
-    let code = approve(&mut b, &good()).await;
-    let (st, body) = post(as_ref(&base(&code))).await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "{body}"
-    );
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("code_verifier is required")
-    );
-    let mut again = base(&code);
-    again.push(("code_verifier", VERIFIER.into()));
-    let (st, body) = post(again).await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "spent code: {body}"
-    );
-    let code = approve(&mut b, &good()).await;
-    let mut wrong = base(&code);
-    wrong.push(("code_verifier", format!("{VERIFIER}x")));
-    let (st, body) = post(wrong).await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("does not match the code_challenge")
-    );
-    let code = approve(&mut b, &good()).await;
-    let mut mismatch = base(&code);
-    mismatch[2].1 = "https://app.example/other".into();
-    mismatch.push(("code_verifier", VERIFIER.into()));
-    let (st, body) = post(mismatch).await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("redirect_uri")
-    );
-    // Another client presenting this app's code.
-    let code = approve(&mut b, &good()).await;
-    let (st, _, body) = send(
-        s.http
-            .post(format!("{}/oauth2/token", s.root))
-            .basic_auth("other-app", Some(&secret))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect),
-                ("code_verifier", VERIFIER),
-            ]),
-    )
-    .await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "{body}"
-    );
-
-    // A good redemption, then the same code again: refused, and its tokens are revoked.
-    let code = approve(&mut b, &good()).await;
-    let mut ok = base(&code);
-    ok.push(("code_verifier", VERIFIER.into()));
-    let (st, tokens) = post(ok.clone()).await;
-    assert_eq!(st, 200, "{tokens}");
-    assert_eq!(tokens["patient"], json!(patient));
-    let access = tokens["access_token"].as_str().unwrap().to_string();
-    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
-    let path = format!("Patient/{patient}");
-    assert_eq!(fhir_status(&s, &access, &path).await.0, 200);
-    let (st, body) = post(ok).await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("already used")
-    );
-    assert_eq!(
-        fhir_status(&s, &access, &path).await.0,
-        401,
-        "code reuse revokes the access token"
-    );
-    let (st, body) = token_request(
-        &s,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("client_id", "attack-app"),
-        ],
-    )
-    .await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("invalid_grant")),
-        "and the refresh token"
-    );
-
-    // Refresh reuse: r1 -> r2; r1 again revokes the family (r2 and its access token too).
-    let code = approve(&mut b, &good()).await;
-    let mut ok = base(&code);
-    ok.push(("code_verifier", VERIFIER.into()));
-    let (_, t1) = post(ok).await;
-    let r1 = t1["refresh_token"].as_str().unwrap().to_string();
     let refresh_with = |r: String| {
         let s = &s;
         async move {
@@ -634,6 +542,56 @@ async fn authorization_code_attacks() {
             .await
         }
     };
+    // Missing verifier; wrong verifier; redirect mismatch: invalid_grant, and the code is spent.
+    let code = approve(&mut b, &good()).await;
+    invalid_grant(post(base(&code)).await, "code_verifier is required");
+    invalid_grant(post(redeem(&code)).await, "");
+    let code = approve(&mut b, &good()).await;
+    let mut wrong = base(&code);
+    wrong.push(("code_verifier", format!("{VERIFIER}x")));
+    invalid_grant(post(wrong).await, "does not match the code_challenge");
+    let code = approve(&mut b, &good()).await;
+    let mut mismatch = base(&code);
+    mismatch[2].1 = "https://app.example/other".into();
+    mismatch.push(("code_verifier", VERIFIER.into()));
+    invalid_grant(post(mismatch).await, "redirect_uri");
+    // Another client presenting this app's code.
+    let code = approve(&mut b, &good()).await;
+    let (st, _, body) = send(
+        s.http
+            .post(format!("{}/oauth2/token", s.root))
+            .basic_auth("other-app", Some(&secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("code_verifier", VERIFIER),
+            ]),
+    )
+    .await;
+    invalid_grant((st, body), "");
+
+    // A good redemption, then the same code again: refused, and its tokens are revoked.
+    let code = approve(&mut b, &good()).await;
+    let (st, tokens) = post(redeem(&code)).await;
+    assert_eq!(st, 200, "{tokens}");
+    assert_eq!(tokens["patient"], json!(patient));
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    let path = format!("Patient/{patient}");
+    assert_eq!(fhir_status(&s, &access, &path).await.0, 200);
+    invalid_grant(post(redeem(&code)).await, "already used");
+    assert_eq!(
+        fhir_status(&s, &access, &path).await.0,
+        401,
+        "code reuse revokes the access token"
+    );
+    invalid_grant(refresh_with(refresh).await, "");
+
+    // Refresh reuse: r1 -> r2; r1 again revokes the family (r2 and its access token too).
+    let code = approve(&mut b, &good()).await;
+    let (_, t1) = post(redeem(&code)).await;
+    let r1 = t1["refresh_token"].as_str().unwrap().to_string();
     let (st, t2) = refresh_with(r1.clone()).await;
     assert_eq!(st, 200, "{t2}");
     let r2 = t2["refresh_token"].as_str().unwrap().to_string();
@@ -647,16 +605,9 @@ async fn authorization_code_attacks() {
             .form(&[("grant_type", "refresh_token"), ("refresh_token", &r2)]),
     )
     .await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
+    invalid_grant((st, body), "");
     assert_eq!(fhir_status(&s, &a2, &path).await.0, 200);
-    let (st, body) = refresh_with(r1).await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("already used")
-    );
+    invalid_grant(refresh_with(r1).await, "already used");
     let (st, _) = refresh_with(r2).await;
     assert_eq!(st, 400, "the family is revoked");
     let (st, h, _) = fhir_status(&s, &a2, &path).await;
@@ -665,9 +616,7 @@ async fn authorization_code_attacks() {
 
     // A disabled account: its live access token and refresh token stop working.
     let code = approve(&mut b, &good()).await;
-    let mut ok = base(&code);
-    ok.push(("code_verifier", VERIFIER.into()));
-    let (_, t) = post(ok).await;
+    let (_, t) = post(redeem(&code)).await;
     let access = t["access_token"].as_str().unwrap().to_string();
     assert_eq!(fhir_status(&s, &access, &path).await.0, 200);
     let (code, out, err) = cli(&s.data(), &["user", "disable", "pat.attack"]);
@@ -676,8 +625,10 @@ async fn authorization_code_attacks() {
     let (st, h, _) = fhir_status(&s, &access, &path).await;
     assert_eq!(st, 401);
     assert!(h["www-authenticate"].to_str().unwrap().contains("disabled"));
-    let (st, body) = refresh_with(t["refresh_token"].as_str().unwrap().to_string()).await;
-    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
+    invalid_grant(
+        refresh_with(t["refresh_token"].as_str().unwrap().to_string()).await,
+        "",
+    );
 }
 
 /// Signs an ES384 client assertion with `key`, with `header` and `claims` as given.
@@ -689,26 +640,29 @@ fn assertion(key: &EcdsaKeyPair, header: &Value, claims: &Value) -> String {
     format!("{input}.{}", B64.encode(sig.as_ref()))
 }
 
-#[tokio::test]
-async fn client_assertion_attacks() {
-    let s = Server::start().await;
+/// A fresh ES384 key pair, and the JWK set of its public key (kid `k1`).
+fn es384_key() -> (EcdsaKeyPair, Value) {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-    let other_pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
-    let other =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, other_pkcs8.as_ref()).unwrap();
     let point = key.public_key().as_ref();
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1", "alg": "ES384",
         "x": B64.encode(&point[1..49]), "y": B64.encode(&point[49..97])}]});
-    let file = s.dir.path().join("backend.jwks");
+    (key, jwks)
+}
+
+/// Registers Backend Services client `name` (scope `system/Observation.rs`) with a new ES384
+/// key and returns the key.
+fn backend_client(s: &Server, name: &str) -> EcdsaKeyPair {
+    let (key, jwks) = es384_key();
+    let file = s.dir.path().join(format!("{name}.jwks"));
     std::fs::write(&file, jwks.to_string()).unwrap();
     let (code, out, err) = cli(
         &s.data(),
         &[
             "client",
             "add",
-            "lab-backend",
+            name,
             "--scope",
             "system/Observation.rs",
             "--jwks",
@@ -716,43 +670,65 @@ async fn client_assertion_attacks() {
         ],
     );
     assert_eq!(code, 0, "{out} {err}");
-    let token_url = format!("{}/oauth2/token", s.root);
-    let header = json!({"alg": "ES384", "typ": "JWT", "kid": "k1"});
-    let claims = |jti: &str, exp_in: i64| {
-        json!({"iss": "lab-backend", "sub": "lab-backend", "aud": token_url, "jti": jti,
-            "exp": now() as i64 + exp_in, "iat": now()})
-    };
+    key
+}
+
+/// The header of the assertions signed with [`backend_client`]'s key.
+fn assertion_header() -> Value {
+    json!({"alg": "ES384", "typ": "JWT", "kid": "k1"})
+}
+
+/// Assertion claims of `client` for the token endpoint of `s`, expiring `exp_in` seconds from
+/// now.
+fn assertion_claims(s: &Server, client: &str, jti: &str, exp_in: i64) -> Value {
+    json!({"iss": client, "sub": client, "aud": format!("{}/oauth2/token", s.root), "jti": jti,
+        "exp": now() as i64 + exp_in, "iat": now()})
+}
+
+/// A client_credentials request authenticated by the client assertion `a`.
+async fn assertion_grant(s: &Server, a: &str) -> (u16, Value) {
+    token_request(
+        s,
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Observation.rs"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", a),
+        ],
+    )
+    .await
+}
+
+/// Asserts an `invalid_client` refusal whose description contains `want`, with no token.
+fn refused_assertion((st, body): (u16, Value), want: &str) {
+    assert_eq!(st, 401, "{want}: {body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains(want),
+        "{want}: {body}"
+    );
+    assert!(body.get("access_token").is_none());
+}
+
+#[tokio::test]
+async fn client_assertion_attacks() {
+    let s = Server::start().await;
+    let key = backend_client(&s, "lab-backend");
+    let (other, _) = es384_key();
+    let header = assertion_header();
+    let claims = |jti: &str, exp_in: i64| assertion_claims(&s, "lab-backend", jti, exp_in);
     let request = |a: String| {
         let s = &s;
-        async move {
-            token_request(
-                s,
-                &[
-                    ("grant_type", "client_credentials"),
-                    ("scope", "system/Observation.rs"),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
-                    ("client_assertion", &a),
-                ],
-            )
-            .await
-        }
+        async move { assertion_grant(s, &a).await }
     };
+    let refused = refused_assertion;
     let good = assertion(&key, &header, &claims("jti-1", 240));
     let (st, body) = request(good.clone()).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["scope"], "system/Observation.rs");
-    let refused = |(st, body): (u16, Value), want: &str| {
-        assert_eq!(st, 401, "{want}: {body}");
-        assert_eq!(body["error"], "invalid_client", "{body}");
-        assert!(
-            body["error_description"].as_str().unwrap().contains(want),
-            "{want}: {body}"
-        );
-        assert!(body.get("access_token").is_none());
-    };
     // The very same assertion again: jti replay.
     refused(request(good).await, "jti was already used");
     // Another assertion reusing the jti.
@@ -819,5 +795,41 @@ async fn client_assertion_attacks() {
     );
     // A fresh, correct assertion still works after all that.
     let (st, body) = request(assertion(&key, &header, &claims("jti-11", 240))).await;
+    assert_eq!(st, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_client_assertion_replayed_after_a_restart_is_refused() {
+    // A fixed port, so the restarted server has the same token endpoint (the assertion's aud).
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut s = Server::spawn_on(tempfile::tempdir().unwrap(), &[], &listen);
+    let key = backend_client(&s, "restart-backend");
+    let header = assertion_header();
+    let used = assertion(
+        &key,
+        &header,
+        &assertion_claims(&s, "restart-backend", "before-restart", 240),
+    );
+    let (st, body) = assertion_grant(&s, &used).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(s.stop(), 0);
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    let s2 = Server::spawn_on(dir, &[], &listen);
+    assert_eq!(
+        s2.root, s.root,
+        "the restarted server has another token endpoint"
+    );
+    // The very same assertion, to the restarted server: its jti is remembered.
+    refused_assertion(assertion_grant(&s2, &used).await, "jti was already used");
+    // A new assertion of the same client is served.
+    let fresh = assertion(
+        &key,
+        &header,
+        &assertion_claims(&s2, "restart-backend", "after-restart", 240),
+    );
+    let (st, body) = assertion_grant(&s2, &fresh).await;
     assert_eq!(st, 200, "{body}");
 }

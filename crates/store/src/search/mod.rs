@@ -873,14 +873,17 @@ pub fn history(
         filtered_history(r, keyring, vis, scope, since, offset, count)?
     } else {
         (
-            r.history(scope, since, offset, count)?,
+            r.history(scope, since, offset, count)?
+                .into_iter()
+                .map(|rec| (rec, None))
+                .collect(),
             Some(r.history_count(scope, since)?),
         )
     };
     let base = req.base_url.trim_end_matches('/');
     let mut entries = Vec::with_capacity(recs.len());
     let shown = recs.len();
-    for rec in recs {
+    for (rec, opened) in recs {
         let mut e = Map::new();
         e.insert(
             "fullUrl".into(),
@@ -892,7 +895,10 @@ pub fn history(
             _ => ("200 OK", format!("{}/{}", rec.rtype, rec.id)),
         };
         if !rec.deleted {
-            let s = open_record(r, keyring, &rec)?;
+            let s = match opened {
+                Some(s) => s,
+                None => open_record(r, keyring, &rec)?,
+            };
             e.insert("resource".into(), parse_json(&s)?);
         }
         let method = if rec.method == "PATCH" {
@@ -949,8 +955,12 @@ pub fn history(
 /// Most versions a filtered history request examines.
 pub const HISTORY_SCAN_CAP: usize = 100_000;
 
-/// The visible versions of `scope`, newest first, after skipping `offset`, at most `count`; the
-/// number of visible versions when the scan reached the end.
+/// A version a history shows, with its content when deciding its visibility opened it.
+type Shown = (VersionRecord, Option<Stored>);
+
+/// The visible versions of `scope`, newest first, after skipping `offset`, at most `count`
+/// (each with its content when deciding its visibility opened it); the number of visible versions
+/// when the scan reached the end.
 fn filtered_history(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
@@ -959,7 +969,7 @@ fn filtered_history(
     since: Option<i64>,
     offset: usize,
     count: usize,
-) -> Result<(Vec<VersionRecord>, Option<usize>), RestError> {
+) -> Result<(Vec<Shown>, Option<usize>), RestError> {
     const BATCH: usize = 500;
     let mut seen_visible = 0usize;
     let mut out = Vec::new();
@@ -968,9 +978,20 @@ fn filtered_history(
         let batch = r.history(scope, since, scanned, BATCH)?;
         let n = batch.len();
         for rec in batch {
-            if version_visible(r, keyring, vis, &rec)? {
+            // A version whose visibility depends on its patients is opened once, here.
+            let opened = match vis.access(Op::Read, &rec.rtype) {
+                visibility::Access::Patients(_) if !rec.deleted => {
+                    Some(open_visible(r, keyring, vis, &rec)?)
+                }
+                _ => None,
+            };
+            let visible = match &opened {
+                Some(s) => s.is_some(),
+                None => version_visible(r, keyring, vis, &rec)?,
+            };
+            if visible {
                 if seen_visible >= offset && out.len() < count {
-                    out.push(rec);
+                    out.push((rec, opened.flatten()));
                 }
                 seen_visible += 1;
                 if out.len() == count && seen_visible > offset + count {
@@ -1005,17 +1026,45 @@ pub(crate) fn version_visible(
         visibility::Access::Patients(_) => {}
     }
     if !rec.deleted {
-        let s = open_record(r, keyring, rec)?;
-        return Ok(vis.allows_json(Op::Read, &rec.rtype, &s.json));
+        return Ok(open_visible(r, keyring, vis, rec)?.is_some());
     }
     if rec.version <= 1 {
         return Ok(false);
     }
     match r.version(&rec.rtype, &rec.id, rec.version - 1)? {
-        Some(prev) if !prev.deleted => {
-            let s = open_record(r, keyring, &prev)?;
-            Ok(vis.allows_json(Op::Read, &rec.rtype, &s.json))
-        }
+        Some(prev) if !prev.deleted => Ok(open_visible(r, keyring, vis, &prev)?.is_some()),
         _ => Ok(false),
     }
+}
+
+/// Opens a version with content (not a deletion) when the caller may read it, `None` when it may
+/// not (then, for a type the caller cannot reach at all, without opening it).
+///
+/// When the caller's access to the type depends on the patient, the version is opened and its
+/// Patient compartment worked out once, and the result carries the patients that decided (in
+/// [`Stored::patients`]) for the caller's audit entry; JSON that cannot be read is then not
+/// visible. A caller who sees the whole type gets the version as stored, its patients not worked
+/// out (`None`).
+pub(crate) fn open_visible(
+    r: &mut dyn ReadTx,
+    keyring: &Keyring,
+    vis: &Visibility,
+    rec: &VersionRecord,
+) -> Result<Option<Stored>, RestError> {
+    let access = vis.access(Op::Read, &rec.rtype);
+    match access {
+        visibility::Access::Hidden => return Ok(None),
+        visibility::Access::All => return open_record(r, keyring, rec).map(Some),
+        visibility::Access::Patients(_) => {}
+    }
+    let mut s = open_record(r, keyring, rec)?;
+    let Ok(v) = serde_json::from_slice::<Value>(&s.json) else {
+        return Ok(None);
+    };
+    let patients = carevault_fhir::patient_compartment_refs(&rec.rtype, &v);
+    if !access.admits(&patients) {
+        return Ok(None);
+    }
+    s.patients = Some(patients);
+    Ok(Some(s))
 }

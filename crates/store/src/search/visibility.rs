@@ -42,6 +42,19 @@ pub enum Access {
     Patients(Arc<HashSet<String>>),
 }
 
+impl Access {
+    /// Whether a resource whose Patient compartment holds exactly `patients` (ids, without
+    /// `Patient/`) is within this access: for [`Access::Patients`], in the compartment of at least
+    /// one of them and of no patient outside them.
+    pub fn admits(&self, patients: &[String]) -> bool {
+        match self {
+            Access::All => true,
+            Access::Hidden => false,
+            Access::Patients(set) => in_set(patients, set),
+        }
+    }
+}
+
 /// The rule a [`Visibility`] asks: the caller's access to a type for an operation.
 pub type AccessRule = dyn Fn(Op, &str) -> Access + Send + Sync;
 
@@ -156,7 +169,14 @@ impl Visibility {
 /// True when `resource` is in the compartment of at least one patient of `set` and of none
 /// outside it.
 fn within(rtype: &str, resource: &Value, set: &HashSet<String>) -> bool {
-    let patients = carevault_fhir::patient_compartment_refs(rtype, resource);
+    in_set(
+        &carevault_fhir::patient_compartment_refs(rtype, resource),
+        set,
+    )
+}
+
+/// True when `patients` names at least one patient and only patients of `set`.
+fn in_set(patients: &[String], set: &HashSet<String>) -> bool {
     !patients.is_empty() && patients.iter().all(|p| set.contains(p))
 }
 
@@ -208,6 +228,159 @@ mod tests {
         ));
         assert!(!v.allows(Op::Read, "AuditEvent", &json!({})));
         assert!(Visibility::everything().allows(Op::Delete, "AuditEvent", &json!({})));
+    }
+
+    fn observation(performer: Option<&str>) -> Value {
+        let mut o = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "pulse"}, "subject": {"reference": "Patient/a"}});
+        if let Some(p) = performer {
+            o["performer"] = json!([{"reference": p}]);
+        }
+        o
+    }
+
+    #[test]
+    fn reads_decide_on_the_patients_they_return() {
+        use crate::{Rest, RestError};
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = Arc::new(carevault_crypto::Keyring::from_data_key(1, &[7u8; 32]).unwrap());
+        let rest = Rest::new(crate::open_sqlite(&dir.path().join("s.db"), keyring).unwrap());
+        for p in ["a", "b"] {
+            rest.update(
+                "Patient",
+                p,
+                json!({"resourceType": "Patient", "id": p}),
+                None,
+            )
+            .unwrap();
+        }
+        let prac = rest
+            .create(
+                "Practitioner",
+                json!({"resourceType": "Practitioner"}),
+                None,
+            )
+            .unwrap()
+            .stored
+            .id;
+        let own = rest
+            .create("Observation", observation(None), None)
+            .unwrap()
+            .stored
+            .id;
+        let shared = rest
+            .create("Observation", observation(Some("Patient/b")), None)
+            .unwrap()
+            .stored
+            .id;
+        let by_prac = rest
+            .create(
+                "Observation",
+                observation(Some(&format!("Practitioner/{prac}"))),
+                None,
+            )
+            .unwrap()
+            .stored
+            .id;
+        let gone = rest
+            .create("Observation", observation(None), None)
+            .unwrap()
+            .stored
+            .id;
+        rest.delete("Observation", &gone).unwrap();
+
+        let a = rest.restricted(only(&["a"]));
+        let s = a.read("Observation", &own).unwrap();
+        assert_eq!(s.patients, Some(vec!["a".to_owned()]));
+        assert_eq!(
+            a.read("Observation", &by_prac).unwrap().patients,
+            Some(vec!["a".to_owned()]),
+            "a practitioner reference puts nobody else in the compartment"
+        );
+        assert_eq!(
+            a.vread("Observation", &own, "1").unwrap().patients,
+            Some(vec!["a".to_owned()])
+        );
+        assert_eq!(
+            a.read("Patient", "a").unwrap().patients,
+            Some(vec!["a".to_owned()])
+        );
+        // In b's compartment too: the same 404 as an id that does not exist.
+        for r in [
+            a.read("Observation", &shared),
+            a.vread("Observation", &shared, "1"),
+            a.read("Observation", "no-such-id"),
+            a.read("Patient", "b"),
+        ] {
+            assert!(matches!(r, Err(RestError::NotFound { .. })), "{r:?}");
+        }
+        assert!(matches!(
+            a.read("Observation", &gone),
+            Err(RestError::Gone { version: 2, .. })
+        ));
+        // A type seen whole carries no patients (none were worked out); a hidden one is absent.
+        assert_eq!(a.read("Practitioner", &prac).unwrap().patients, None);
+        let events = rest.restricted(Visibility::restricted(Arc::new(|_, _: &str| {
+            Access::Hidden
+        })));
+        assert!(matches!(
+            events.read("Observation", &own),
+            Err(RestError::NotFound { .. })
+        ));
+
+        let both = rest.restricted(only(&["a", "b"]));
+        let mut ps = both.read("Observation", &shared).unwrap().patients.unwrap();
+        ps.sort();
+        assert_eq!(ps, ["a", "b"]);
+        assert!(matches!(
+            both.vread("Observation", &gone, "2"),
+            Err(RestError::Gone { .. })
+        ));
+        // History opens what it decides on once and shows the same versions as the reads do.
+        let h = a
+            .history(&crate::HistoryRequest {
+                rtype: Some("Observation"),
+                id: None,
+                params: &[],
+                base_url: "https://x/fhir",
+            })
+            .unwrap();
+        let mut shown: Vec<String> = h["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let id = e["fullUrl"].as_str().unwrap().rsplit('/').next().unwrap();
+                let has = if e.get("resource").is_some() {
+                    "+"
+                } else {
+                    "-"
+                };
+                format!("{id}{has}")
+            })
+            .collect();
+        shown.sort();
+        let mut want = vec![
+            format!("{own}+"),
+            format!("{by_prac}+"),
+            format!("{gone}+"),
+            format!("{gone}-"),
+        ];
+        want.sort();
+        assert_eq!(shown, want);
+        // Unrestricted reads leave the patients to the caller.
+        assert_eq!(rest.read("Observation", &own).unwrap().patients, None);
+    }
+
+    #[test]
+    fn access_admits_by_compartment() {
+        let set: Arc<HashSet<String>> = Arc::new(["a".to_owned()].into());
+        let p = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(Access::Patients(set.clone()).admits(&p(&["a"])));
+        assert!(!Access::Patients(set.clone()).admits(&p(&["a", "b"])));
+        assert!(!Access::Patients(set).admits(&[]));
+        assert!(Access::All.admits(&[]));
+        assert!(!Access::Hidden.admits(&p(&["a"])));
     }
 
     #[test]
