@@ -564,8 +564,8 @@ impl carevault_siem::AuditFeed for StoreFeed {
             .map(|s| {
                 let entry = audit_log::open(self.store.keyring(), s)
                     .map_err(|e| fail("an audit entry could not be opened", &e))?;
-                let ev: Value = serde_json::from_slice(&entry.canonical)
-                    .map_err(|e| fail("an audit entry is not JSON", &e))?;
+                let ev: Value = event::render(&entry.canonical)
+                    .map_err(|e| fail("an audit entry cannot be rendered", &e))?;
                 let outcome = ev
                     .get("outcome")
                     .and_then(Value::as_str)

@@ -71,7 +71,17 @@ pub struct AuditEntry {
 
 /// The record identity an entry is sealed to.
 pub fn identity(seq: u64) -> Vec<u8> {
-    format!("audit/{seq}").into_bytes()
+    let mut out = Vec::with_capacity(26);
+    identity_into(seq, &mut out);
+    out
+}
+
+/// [`identity`] written into `out` (cleared first), for callers opening many entries in a row.
+pub fn identity_into(seq: u64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "audit/{seq}");
 }
 
 /// Appends `entry` inside `tx`; returns its sequence number. The chain and the Merkle nodes are

@@ -374,8 +374,8 @@ macro_rules! delegate_read {
 }
 
 use crate::backend::{
-    AuditQuery, AuditStored, HistoryScope, KeyUsage, NativeSort, ParamRef, PatientKeyRow, ResKey,
-    RotationCursor, SealedRow, SealedTable, VersionRecord,
+    AuditQuery, AuditRowRef, AuditStored, HistoryScope, KeyUsage, NativeSort, ParamRef,
+    PatientKeyRow, ResKey, RotationCursor, SealedRow, SealedTable, VersionRecord,
 };
 use crate::plan::Plan;
 
@@ -402,3 +402,4 @@ delegate_read! {
     audit_search(query: &AuditQuery) -> Vec<u64>;
     audit_load(seqs: &[u64]) -> Vec<AuditStored>;
 }
+    audit_visit(after: u64, upto: u64, visit: &mut dyn FnMut(AuditRowRef<'_>) -> Result<(), StoreError>) -> ();
