@@ -108,6 +108,8 @@ pub struct Trail {
     checkpoints: PathBuf,
     latest: Mutex<Option<String>>,
     signed_size: AtomicU64,
+    /// Batches the durable appends of requests' events (reads and refusals).
+    batcher: audit_log::AuditBatcher,
 }
 
 impl std::fmt::Debug for Trail {
@@ -215,6 +217,7 @@ impl Trail {
             checkpoints,
             latest: Mutex::new(latest),
             signed_size: AtomicU64::new(signed_size),
+            batcher: audit_log::AuditBatcher::new(),
         })
     }
 
@@ -266,6 +269,28 @@ impl Trail {
         let mut r = self.record(&Party::default(), kind, Outcome::Success);
         r.detail = detail;
         to_append(&r)
+    }
+
+    /// Appends a request's event durably: its hashing and key blinding happen here, on the
+    /// request's thread, then it joins the next batch of the writer (see
+    /// [`audit_log::AuditBatcher`]); resolves with its sequence number once it is on disk.
+    pub(crate) async fn append_durably(
+        &self,
+        store: &dyn Store,
+        append: AuditAppend,
+    ) -> Result<u64, RestError> {
+        let prepared = append.prepare(store.keyring());
+        let (send, recv) = tokio::sync::oneshot::channel();
+        self.batcher.append(
+            store,
+            prepared,
+            Box::new(move |r| {
+                // A request that was dropped meanwhile no longer waits; nothing to do then.
+                let _ = send.send(r);
+            }),
+        );
+        recv.await
+            .map_err(|_| RestError::Store("the audit append was abandoned".into()))?
     }
 
     /// The record of a finished request.

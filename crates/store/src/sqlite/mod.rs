@@ -8,13 +8,13 @@ pub(crate) mod schema;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use carevault_crypto::Keyring;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::backend::{Store, Tx, WriteJob};
+use crate::backend::{Store, Tx, WriteDone, WriteJob};
 use crate::care::CareWindows;
 use crate::error::{RestError, StoreError};
 
@@ -25,7 +25,8 @@ const MAX_GROUP: usize = 256;
 /// How long a connection waits for a lock held by another process (`carevault import`).
 const BUSY_TIMEOUT_MS: u64 = 30_000;
 
-type Reply = SyncSender<Result<(), RestError>>;
+/// Called with a job's outcome after its group's commit (on the writer's thread).
+type Reply = WriteDone;
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -221,7 +222,7 @@ fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = format!("could not start a write transaction: {e}");
         for (_, reply) in group {
-            let _ = reply.send(Err(RestError::Store(msg.clone())));
+            reply(Err(RestError::Store(msg.clone())));
         }
         return;
     }
@@ -233,8 +234,7 @@ fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
             for (reply, result) in outcomes {
-                // A caller that gave up waiting has dropped its receiver; nothing to do then.
-                let _ = reply.send(result);
+                reply(result);
             }
         }
         Err(e) => {
@@ -245,7 +245,7 @@ fn run_group(conn: &Connection, group: Vec<(WriteJob, Reply)>) {
                     Err(job_err) => job_err,
                     Ok(()) => RestError::Store(format!("the commit failed: {e}")),
                 };
-                let _ = reply.send(Err(err));
+                reply(Err(err));
             }
         }
     }
@@ -355,11 +355,22 @@ impl Store for SqliteStore {
 
     fn write(&self, job: WriteJob) -> Result<(), RestError> {
         let (send, recv) = std::sync::mpsc::sync_channel(1);
-        lock(&self.jobs)
-            .send((job, send))
-            .map_err(|_| RestError::Store("the store writer has stopped".into()))?;
+        self.submit(
+            job,
+            Box::new(move |outcome| {
+                // A caller that gave up waiting has dropped its receiver; nothing to do then.
+                let _ = send.send(outcome);
+            }),
+        );
         recv.recv()
             .map_err(|_| RestError::Store("the store writer has stopped".into()))?
+    }
+
+    fn submit(&self, job: WriteJob, done: WriteDone) {
+        let sent = lock(&self.jobs).send((job, done));
+        if let Err(std::sync::mpsc::SendError((_, done))) = sent {
+            done(Err(RestError::Store("the store writer has stopped".into())));
+        }
     }
 }
 
@@ -401,5 +412,5 @@ delegate_read! {
     audit_entries(after: u64, limit: usize) -> Vec<AuditStored>;
     audit_search(query: &AuditQuery) -> Vec<u64>;
     audit_load(seqs: &[u64]) -> Vec<AuditStored>;
-}
     audit_visit(after: u64, upto: u64, visit: &mut dyn FnMut(AuditRowRef<'_>) -> Result<(), StoreError>) -> ();
+}
