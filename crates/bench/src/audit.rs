@@ -266,12 +266,17 @@ const USERS: u64 = 400;
 /// its client address, user agent and request id.
 fn read_record(n: u64, recorded_ms: i64) -> AuditRecord {
     let patient = format!("Patient/{}", patient_id(n % PATIENTS));
-    let user = (n % 3 != 0).then(|| {
+    let user = (!n.is_multiple_of(3)).then(|| {
         let u = n.wrapping_mul(0x9E37_79B9) % USERS;
+        let role = if u.is_multiple_of(5) {
+            "physician"
+        } else {
+            "nurse"
+        };
         UserRef {
             name: format!("clin{u:04}"),
             reference: Some(format!("Practitioner/pr-{u:04}")),
-            roles: vec![if u % 5 == 0 { "physician" } else { "nurse" }.into()],
+            roles: vec![role.into()],
         }
     });
     AuditRecord {

@@ -649,7 +649,7 @@ mod tests {
     #[test]
     fn open_into_reuses_the_buffer_and_checks_like_open() {
         let k = ring();
-        let long_record = vec![b'x'; 200];
+        let long_record = [b'x'; 200];
         let mut out = b"previous, longer contents of the buffer".to_vec();
         for (record, plain) in [
             (&b"audit/7"[..], &b"short"[..]),
