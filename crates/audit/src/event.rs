@@ -1,9 +1,11 @@
 //! The audit record and its rendering as a FHIR R4 AuditEvent shaped after IHE BALP (PRODUCT.md
 //! §2.4), plus the index keys read back from a stored event.
 //!
-//! [`to_json`] always emits the same elements in the same order for the same record, so
-//! [`canonical_bytes`] — the compact JSON the Merkle leaf hashes — is stable. The `id` is not part
-//! of the hashed bytes: [`with_id`] adds it on output from the entry's sequence number.
+//! What the Merkle leaf hashes is not the AuditEvent but [`canonical_bytes`]: a versioned compact
+//! encoding of the record's facts (see [`compact`]), from which [`render`] gives the AuditEvent.
+//! [`to_json`] always emits the same elements in the same order for the same record, so every
+//! rendering of a stored entry is the same. The `id` is not part of the hashed bytes:
+//! [`with_id`] adds it on output from the entry's sequence number.
 //!
 //! Layout, following the PRODUCT.md example:
 //! - `type`/`subtype`: REST interactions use `rest` with the `restful-interaction` code (and, for
@@ -25,6 +27,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use crate::instant;
+
+pub mod compact;
+
+pub use compact::{FORMAT_V1, FormatError, canonical_bytes, decode, render};
 
 /// Code system of the FHIR audit event types (`rest`).
 pub const SYSTEM_AUDIT_EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -818,11 +824,6 @@ pub fn to_json(record: &AuditRecord) -> Value {
         e.insert("entity".into(), Value::Array(entity));
     }
     Value::Object(e)
-}
-
-/// The compact JSON of [`to_json`]: the bytes the Merkle leaf hashes.
-pub fn canonical_bytes(record: &AuditRecord) -> Vec<u8> {
-    to_json(record).to_string().into_bytes()
 }
 
 /// The AuditEvent id of sequence number `seq`: `a-` and twelve digits.

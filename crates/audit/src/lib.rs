@@ -4,8 +4,10 @@
 //! The design, from one event to a verified log:
 //!
 //! 1. **Entry.** The server fills an [`AuditRecord`] for every access and security event.
-//!    [`event::canonical_bytes`] renders it as a FHIR R4 AuditEvent in compact JSON with a fixed
-//!    element order and no `id`; those bytes are the entry, and their RFC 9162 leaf hash
+//!    [`event::canonical_bytes`] encodes its facts in a versioned compact form (format byte
+//!    0x01, then compact JSON with a fixed key order; [`event::compact`]); those bytes are the
+//!    entry, [`event::render`] turns them into the FHIR R4 AuditEvent (BALP shape, fixed element
+//!    order, no `id`) that the API, reports and SIEM export show, and their RFC 9162 leaf hash
 //!    ([`merkle::leaf_hash`], SHA-256 of `0x00 || bytes`) is the leaf. Entry `seq` (from
 //!    [`verify::FIRST_SEQ`] = 1) is leaf `seq - 1`; its AuditEvent id is `a-%012d` of `seq`
 //!    ([`event::with_id`]).
@@ -46,7 +48,7 @@ pub use checkpoint::{
 };
 pub use event::{
     Action, AuditRecord, EventKind, Outcome, RestInteraction, UserRef, canonical_bytes, client_of,
-    patients_of, to_json, user_of, with_id,
+    patients_of, render, to_json, user_of, with_id,
 };
 pub use merkle::{Frontier, Hash, MemNodes, MerkleError, NodeSource};
 pub use report::{ReportRow, render_csv, render_html, render_json};

@@ -130,6 +130,7 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
         for _ in 0..threads {
             let (store, keyring, next, send) = (&store, &keyring, &next, send.clone());
             scope.spawn(move || {
+                let mut scratch = Scratch::default();
                 let mut r = match store.reader() {
                     Ok(r) => r,
                     Err(e) => {
@@ -144,10 +145,7 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
                     }
                     let after = chunk * VERIFY_CHUNK;
                     let upto = (after + VERIFY_CHUNK).min(total);
-                    let range = r
-                        .audit_entries(after, usize::try_from(upto - after).unwrap_or(usize::MAX))
-                        .map_err(anyhow::Error::from)
-                        .map(|rows| prepare_range(keyring, &rows, upto));
+                    let range = prepare_range(&mut *r, keyring, after, upto, &mut scratch);
                     if send.send((chunk, range)).is_err() {
                         return;
                     }
@@ -212,31 +210,55 @@ const VERIFY_CHUNK: u64 = 16_384;
 /// entry that could not be opened, if one could not (the range stops there).
 type Range = (Vec<carevault_audit::verify::PreparedEntry>, Option<Tamper>);
 
-/// Opens and hashes `rows` (those up to `upto`: a deleted row lets the read run into the next
-/// range, and the chain check then names the gap).
+/// Buffers one verifying thread reuses for every entry: the record identity and the opened
+/// canonical bytes (no allocation per entry).
+#[derive(Default)]
+struct Scratch {
+    identity: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+/// Reads, opens and hashes the entries `after < seq <= upto` through `reader` (a deleted row
+/// leaves a gap that the chain check names).
 fn prepare_range(
+    reader: &mut dyn carevault_store::backend::ReadTx,
     keyring: &carevault_crypto::Keyring,
-    rows: &[carevault_store::backend::AuditStored],
+    after: u64,
     upto: u64,
-) -> Range {
-    let mut out = Vec::with_capacity(rows.len());
-    for s in rows.iter().take_while(|s| s.seq <= upto) {
-        match audit_log::open(keyring, s) {
-            Ok(e) => out.push((e.seq, leaf_hash(&e.canonical), e.chain)),
-            Err(e) => {
-                let t = Tamper {
-                    seq: Some(s.seq),
-                    kind: TamperKind::EntryAltered,
-                    message: format!(
-                        "entry {} cannot be opened ({e}); it was changed or sealed under another key",
-                        s.seq
-                    ),
-                };
-                return (out, Some(t));
-            }
+    scratch: &mut Scratch,
+) -> anyhow::Result<Range> {
+    let mut out = Vec::with_capacity(usize::try_from(upto - after).unwrap_or(0));
+    let mut bad = None;
+    let altered = |seq: u64, why: String| Tamper {
+        seq: Some(seq),
+        kind: TamperKind::EntryAltered,
+        message: format!("entry {seq} {why}"),
+    };
+    let stop = || carevault_store::StoreError::Backend("stopped at a bad entry".into());
+    let read = reader.audit_visit(after, upto, &mut |row| {
+        let Ok(chain) = <[u8; 32]>::try_from(row.chain) else {
+            bad = Some(altered(
+                row.seq,
+                "has a stored chain hash that is not 32 bytes; it was changed".into(),
+            ));
+            return Err(stop());
+        };
+        audit_log::identity_into(row.seq, &mut scratch.identity);
+        if let Err(e) = keyring.open_into(&scratch.identity, row.sealed, &mut scratch.plain) {
+            bad = Some(altered(
+                row.seq,
+                format!("cannot be opened ({e}); it was changed or sealed under another key"),
+            ));
+            return Err(stop());
         }
+        out.push((row.seq, leaf_hash(&scratch.plain), chain));
+        Ok(())
+    });
+    match (read, bad) {
+        (_, Some(t)) => Ok((out, Some(t))),
+        (Ok(()), None) => Ok((out, None)),
+        (Err(e), None) => Err(e.into()),
     }
-    (out, None)
 }
 
 /// A progress bar on a terminal, plain lines otherwise.

@@ -334,6 +334,32 @@ impl Keyring {
         open_under(key, record, sealed)
     }
 
+    /// Opens like [`Keyring::open`], but into `out` (cleared first) instead of a new vector, so
+    /// that a caller opening many values in a row (the audit verifier) reuses one buffer.
+    pub fn open_into(
+        &self,
+        record: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let fail = |reason| CryptoError::Integrity {
+            record: String::from_utf8_lossy(record).into_owned(),
+            reason,
+        };
+        let key_id = sealed_key_id(sealed).ok_or_else(|| fail("malformed ciphertext"))?;
+        if key_id & PATIENT_KEY_FLAG != 0 {
+            return Err(fail(
+                "sealed under a patient key, which the store must supply",
+            ));
+        }
+        let mut keys = self.keys();
+        if keys.key(key_id).is_none() && self.reload_unless(|k| k.key(key_id).is_some()) {
+            keys = self.keys();
+        }
+        let key = keys.key(key_id).ok_or_else(|| fail("unknown data key"))?;
+        open_under_into(key, record, sealed, out)
+    }
+
     /// Whether this keyring holds data key `id`.
     pub fn has_data_key(&self, id: u32) -> bool {
         self.keys().key(id).is_some()
@@ -431,30 +457,48 @@ fn seal_under(
     Ok(out)
 }
 
-#[cfg(not(feature = "insecure-plaintext-bench"))]
 fn open_under(key: &DataKey, record: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut body = Vec::with_capacity(sealed.len().saturating_sub(HEADER_LEN));
+    open_under_into(key, record, sealed, &mut body)?;
+    Ok(body)
+}
+
+#[cfg(not(feature = "insecure-plaintext-bench"))]
+fn open_under_into(
+    key: &DataKey,
+    record: &[u8],
+    sealed: &[u8],
+    body: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
     let fail = |reason| CryptoError::Integrity {
         record: String::from_utf8_lossy(record).into_owned(),
         reason,
     };
+    body.clear();
     if sealed.len() < HEADER_LEN + AES_256_GCM.tag_len() {
         return Err(fail("malformed ciphertext"));
     }
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&sealed[5..HEADER_LEN]);
-    let mut body = sealed[HEADER_LEN..].to_vec();
-    let aad = aad_for(key.id, record);
+    body.extend_from_slice(&sealed[HEADER_LEN..]);
+    // Short record identities (every audit entry's) build their associated data on the stack.
+    let mut short = [0u8; 64];
+    let long;
+    let aad: &[u8] = if record.len() <= short.len() - 4 {
+        short[..4].copy_from_slice(&key.id.to_be_bytes());
+        short[4..4 + record.len()].copy_from_slice(record);
+        &short[..4 + record.len()]
+    } else {
+        long = aad_for(key.id, record);
+        &long
+    };
     let plain_len = key
         .aead
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&aad[..]),
-            &mut body,
-        )
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
         .map_err(|_| fail("authentication failed"))?
         .len();
     body.truncate(plain_len);
-    Ok(body)
+    Ok(())
 }
 
 #[cfg(not(feature = "insecure-plaintext-bench"))]
@@ -490,14 +534,21 @@ fn seal_under(
 }
 
 #[cfg(feature = "insecure-plaintext-bench")]
-fn open_under(_key: &DataKey, record: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn open_under_into(
+    _key: &DataKey,
+    record: &[u8],
+    sealed: &[u8],
+    body: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    body.clear();
     if sealed.len() < HEADER_LEN + 16 {
         return Err(CryptoError::Integrity {
             record: String::from_utf8_lossy(record).into_owned(),
             reason: "malformed ciphertext",
         });
     }
-    Ok(sealed[HEADER_LEN..sealed.len() - 16].to_vec())
+    body.extend_from_slice(&sealed[HEADER_LEN..sealed.len() - 16]);
+    Ok(())
 }
 
 #[cfg(feature = "insecure-plaintext-bench")]
@@ -593,6 +644,30 @@ mod tests {
             k.open(b"r", &s),
             Err(CryptoError::Integrity { .. })
         ));
+    }
+
+    #[test]
+    fn open_into_reuses_the_buffer_and_checks_like_open() {
+        let k = ring();
+        let long_record = [b'x'; 200];
+        let mut out = b"previous, longer contents of the buffer".to_vec();
+        for (record, plain) in [
+            (&b"audit/7"[..], &b"short"[..]),
+            (&long_record[..], &b"{\"a\":1}"[..]),
+            (&b"audit/8"[..], &b""[..]),
+        ] {
+            let s = k.seal(record, plain).unwrap();
+            k.open_into(record, &s, &mut out).unwrap();
+            assert_eq!(out, plain);
+            assert!(k.open_into(b"audit/9", &s, &mut out).is_err());
+            let mut bad = s.clone();
+            bad[HEADER_LEN] ^= 1;
+            assert!(matches!(
+                k.open_into(record, &bad, &mut out),
+                Err(CryptoError::Integrity { .. })
+            ));
+        }
+        assert!(k.open_into(b"r", &[1, 0, 0, 0, 7], &mut out).is_err());
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Trail {
     checkpoints: PathBuf,
     latest: Mutex<Option<String>>,
     signed_size: AtomicU64,
+    /// Batches the durable appends of requests' events (reads and refusals).
+    batcher: audit_log::AuditBatcher,
 }
 
 impl std::fmt::Debug for Trail {
@@ -227,6 +229,7 @@ impl Trail {
             checkpoints,
             latest: Mutex::new(latest),
             signed_size: AtomicU64::new(signed_size),
+            batcher: audit_log::AuditBatcher::new(),
         })
     }
 
@@ -278,6 +281,28 @@ impl Trail {
         let mut r = self.record(&Party::default(), kind, Outcome::Success);
         r.detail = detail;
         to_append(&r)
+    }
+
+    /// Appends a request's event durably: its hashing and key blinding happen here, on the
+    /// request's thread, then it joins the next batch of the writer (see
+    /// [`audit_log::AuditBatcher`]); resolves with its sequence number once it is on disk.
+    pub(crate) async fn append_durably(
+        &self,
+        store: &dyn Store,
+        append: AuditAppend,
+    ) -> Result<u64, RestError> {
+        let prepared = append.prepare(store.keyring());
+        let (send, recv) = tokio::sync::oneshot::channel();
+        self.batcher.append(
+            store,
+            prepared,
+            Box::new(move |r| {
+                // A request that was dropped meanwhile no longer waits; nothing to do then.
+                let _ = send.send(r);
+            }),
+        );
+        recv.await
+            .map_err(|_| RestError::Store("the audit append was abandoned".into()))?
     }
 
     /// The record of a finished request.
@@ -576,8 +601,8 @@ impl carevault_siem::AuditFeed for StoreFeed {
             .map(|s| {
                 let entry = audit_log::open(self.store.keyring(), s)
                     .map_err(|e| fail("an audit entry could not be opened", &e))?;
-                let ev: Value = serde_json::from_slice(&entry.canonical)
-                    .map_err(|e| fail("an audit entry is not JSON", &e))?;
+                let ev: Value = event::render(&entry.canonical)
+                    .map_err(|e| fail("an audit entry cannot be rendered", &e))?;
                 let outcome = ev
                     .get("outcome")
                     .and_then(Value::as_str)

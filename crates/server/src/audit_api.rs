@@ -238,10 +238,10 @@ impl AuditSearch {
     }
 }
 
+/// The AuditEvent (without `id`) rendered from an entry's compact canonical bytes.
 fn parse(e: &AuditEntry) -> Result<Value, RestError> {
-    serde_json::from_slice(&e.canonical).map_err(|_| {
-        RestError::Integrity(format!("audit entry {} does not hold an AuditEvent", e.seq))
-    })
+    event::render(&e.canonical)
+        .map_err(|err| RestError::Integrity(format!("audit entry {} cannot be read: {err}", e.seq)))
 }
 
 /// One AuditEvent by id (`a-000000000042`).
@@ -571,6 +571,7 @@ pub(crate) async fn proof(
             "leaf_hash": b64(&carevault_audit::merkle::leaf_hash(&entry.canonical)),
             "inclusion_path": path.iter().map(b64).collect::<Vec<_>>(),
             "entry": String::from_utf8_lossy(&entry.canonical),
+            "event": event::with_id(parse(&entry)?, seq),
         }))
     })
     .await;

@@ -262,14 +262,8 @@ async fn audited(app: &Arc<App>, note: &SharedNote, resp: Response) -> Response 
         }
         crate::audit::to_append(&app.trail.request_record(&n, status))
     };
-    let store = app.rest.store().clone();
-    let written = tokio::task::spawn_blocking(move || {
-        carevault_store::audit_log::append_durably(&*store, vec![append])
-    })
-    .await;
-    match written {
-        Ok(Ok(_)) => resp,
-        Ok(Err(e)) => audit_unavailable(note, &e.to_string()),
+    match app.trail.append_durably(&**app.rest.store(), append).await {
+        Ok(_) => resp,
         Err(e) => audit_unavailable(note, &e.to_string()),
     }
 }

@@ -8,12 +8,13 @@
 //! PostgreSQL stores only keep the rows this module derives.
 
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use carevault_audit::merkle::{self, Hash, MerkleError, NodeSource};
+use carevault_audit::merkle::{self, Frontier, Hash, MerkleError, NodeSource};
 use carevault_audit::{chain, merkle::node_hash};
 use carevault_crypto::{BlindTag, Keyring};
 
-use crate::backend::{AuditQuery, AuditRow, AuditStored, ReadTx, Store, Tx, write_with};
+use crate::backend::{AuditQuery, AuditRow, AuditStored, ReadTx, Store, Tx, WriteJob, write_with};
 use crate::error::{RestError, StoreError};
 
 /// A search key of an audit entry; stored only as a blind tag.
@@ -71,7 +72,17 @@ pub struct AuditEntry {
 
 /// The record identity an entry is sealed to.
 pub fn identity(seq: u64) -> Vec<u8> {
-    format!("audit/{seq}").into_bytes()
+    let mut out = Vec::with_capacity(26);
+    identity_into(seq, &mut out);
+    out
+}
+
+/// [`identity`] written into `out` (cleared first), for callers opening many entries in a row.
+pub fn identity_into(seq: u64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "audit/{seq}");
 }
 
 /// Appends `entry` inside `tx`; returns its sequence number. The chain and the Merkle nodes are
@@ -120,6 +131,246 @@ pub fn append_durably(store: &dyn Store, entries: Vec<AuditAppend>) -> Result<Ve
             .map(|e| append(tx, &keyring, e))
             .collect::<Result<Vec<_>, _>>()
     })
+}
+
+/// An entry whose per-entry work that does not depend on its place in the log is done: the
+/// leaf hash of its canonical bytes and the blind tags of its keys. Preparing on the caller's
+/// thread keeps that work off the single writer.
+#[derive(Debug, Clone)]
+pub struct PreparedAppend {
+    /// When the event happened, ms since the Unix epoch (UTC).
+    pub recorded_ms: i64,
+    /// The canonical bytes of the AuditEvent.
+    pub canonical: Vec<u8>,
+    /// The RFC 9162 leaf hash of `canonical`.
+    pub leaf: Hash,
+    /// Blind tags of the entry's search keys.
+    pub tags: Vec<BlindTag>,
+}
+
+impl AuditAppend {
+    /// Hashes the entry and blinds its keys under `keyring`'s blind-index key.
+    pub fn prepare(self, keyring: &Keyring) -> PreparedAppend {
+        PreparedAppend {
+            recorded_ms: self.recorded_ms,
+            leaf: merkle::leaf_hash(&self.canonical),
+            tags: self.keys.iter().map(|k| k.tag(keyring)).collect(),
+            canonical: self.canonical,
+        }
+    }
+}
+
+/// The log's right edge as of a head `(size, chain hash)`, kept between batches by
+/// [`AuditBatcher`]. The chain hash commits to every leaf before it, so a frontier whose head
+/// equals the stored head is the stored tree's frontier; any other head (an append by a write,
+/// by another process, or a batch whose commit failed) makes the next batch rebuild it from the
+/// stored nodes.
+#[derive(Debug, Clone)]
+struct EdgeMemo {
+    size: u64,
+    chain: Hash,
+    frontier: Frontier,
+}
+
+/// Appends `entries`, in order, inside `tx` with one head look-up: their Merkle nodes come from
+/// the right edge (`memo` when it matches the stored head, else rebuilt from the stored nodes)
+/// carried in memory from one entry to the next. Returns their sequence numbers. Rows are derived
+/// as [`append`] derives them, so the log is the same as from appending one by one.
+fn append_prepared(
+    tx: &mut dyn Tx,
+    keyring: &Keyring,
+    entries: &[PreparedAppend],
+    memo: &mut Option<EdgeMemo>,
+) -> Result<Vec<u64>, RestError> {
+    let (size, mut previous) = match tx.audit_head()? {
+        None => (0, chain::GENESIS),
+        Some((seq, chain)) => (seq, chain),
+    };
+    let mut frontier = match memo.take() {
+        Some(m) if m.size == size && m.chain == previous && m.frontier.size() == size => m.frontier,
+        _ => {
+            let reader: &mut dyn ReadTx = &mut *tx;
+            Frontier::from_source(size, &SnapshotNodes::new(reader)).map_err(|e| match e {
+                MerkleError::MissingNode { level, index } => {
+                    RestError::from(StoreError::Integrity(format!(
+                        "the audit log's Merkle node at level {level}, index {index} is missing"
+                    )))
+                }
+                other => RestError::Store(other.to_string()),
+            })?
+        }
+    };
+    let mut seqs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let seq = frontier.size() + 1;
+        let nodes = frontier.push(entry.leaf);
+        let chain = chain::chain_hash(&previous, &entry.leaf);
+        let row = AuditRow {
+            stored: AuditStored {
+                seq,
+                recorded_ms: entry.recorded_ms,
+                chain,
+                sealed: keyring.seal(&identity(seq), &entry.canonical)?,
+            },
+            nodes,
+            tags: entry.tags.clone(),
+        };
+        tx.append_audit(&row)?;
+        previous = chain;
+        seqs.push(seq);
+    }
+    *memo = Some(EdgeMemo {
+        size: frontier.size(),
+        chain: previous,
+        frontier,
+    });
+    Ok(seqs)
+}
+
+/// What an [`AuditBatcher`] calls with an entry's sequence number once its batch is durable, or
+/// with the error that kept it from being written.
+pub type AppendDone = Box<dyn FnOnce(Result<u64, RestError>) + Send>;
+
+/// Durable appends for many concurrent callers (the server's reads) at the cost of few writer
+/// jobs. A caller queues its prepared entry and is called back; whoever finds no batch job
+/// waiting in the writer submits one. When the writer runs that job, it takes every entry queued
+/// by then and appends them all with one head look-up and the right edge in memory, in one
+/// savepoint; after the group's commit (one fsync) every caller of the batch learns its sequence
+/// number. A batch fails or succeeds whole: when any entry cannot be written the savepoint rolls
+/// back, no entry of the batch is left, and every caller gets the error.
+#[derive(Default)]
+pub struct AuditBatcher {
+    queue: Arc<Mutex<BatchQueue>>,
+    memo: Arc<Mutex<Option<EdgeMemo>>>,
+}
+
+impl std::fmt::Debug for AuditBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditBatcher").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct BatchQueue {
+    waiting: Vec<(PreparedAppend, AppendDone)>,
+    /// A batch job is in the writer's queue and has not yet taken the waiting entries.
+    armed: bool,
+}
+
+/// Hands `err` to every caller of a failed batch (the first gets it as it is, the others its
+/// sentence: errors are not `Clone`).
+fn fail_all(dones: impl Iterator<Item = AppendDone>, err: RestError) {
+    let text = err.to_string();
+    let mut err = Some(err);
+    for done in dones {
+        done(Err(err
+            .take()
+            .unwrap_or_else(|| RestError::Store(text.clone()))));
+    }
+}
+
+/// The callers of one batch (set when its job takes them) and, once appended, their sequence
+/// numbers.
+type BatchSlot = Arc<Mutex<Option<(Vec<AppendDone>, Option<Vec<u64>>)>>>;
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a thread panicked while holding it; the queue stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AuditBatcher {
+    /// A batcher with nothing queued.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `entry` for a durable append through `store`'s writer; `done` is called (possibly
+    /// on the writer's thread, so it must only hand the result on) once the entry is on disk, or
+    /// with the error that kept its batch from being written. Never waits for the writer.
+    pub fn append(&self, store: &dyn Store, entry: PreparedAppend, done: AppendDone) {
+        let submit = {
+            let mut q = guard(&self.queue);
+            q.waiting.push((entry, done));
+            !std::mem::replace(&mut q.armed, true)
+        };
+        if !submit {
+            return;
+        }
+        let slot: BatchSlot = Arc::new(Mutex::new(None));
+        let job_slot = slot.clone();
+        let queue = self.queue.clone();
+        let memo = self.memo.clone();
+        let keyring = store.keyring().clone();
+        let job: WriteJob = Box::new(move |tx: &mut dyn Tx| {
+            let (entries, dones): (Vec<_>, Vec<_>) = {
+                let mut q = guard(&queue);
+                q.armed = false;
+                std::mem::take(&mut q.waiting).into_iter().unzip()
+            };
+            // The callers belong to this job from now on, whatever happens below.
+            *guard(&job_slot) = Some((dones, None));
+            let mut memo = guard(&memo);
+            // Until the append succeeds, the next batch starts from the stored head.
+            let seqs = append_prepared(tx, &keyring, &entries, &mut memo)?;
+            if let Some((_, appended)) = guard(&job_slot).as_mut() {
+                *appended = Some(seqs);
+            }
+            Ok(())
+        });
+        let queue = self.queue.clone();
+        store.submit(
+            job,
+            Box::new(move |committed| {
+                let Some((dones, appended)) = guard(&slot).take() else {
+                    // The job never ran (the writer could not start a transaction or has
+                    // stopped): the entries it would have taken are still queued, all of them
+                    // for this job, since none other was submitted while it was armed.
+                    let waiting = {
+                        let mut q = guard(&queue);
+                        q.armed = false;
+                        std::mem::take(&mut q.waiting)
+                    };
+                    let err = committed.err().unwrap_or_else(|| {
+                        RestError::Store("the audit batch was not run by the writer".into())
+                    });
+                    fail_all(waiting.into_iter().map(|(_, done)| done), err);
+                    return;
+                };
+                match (committed, appended) {
+                    (Ok(()), Some(seqs)) => {
+                        for (done, seq) in dones.into_iter().zip(seqs) {
+                            done(Ok(seq));
+                        }
+                    }
+                    // The job's own error when it failed, else the commit's.
+                    (Err(e), _) => fail_all(dones.into_iter(), e),
+                    (Ok(()), None) => fail_all(
+                        dones.into_iter(),
+                        RestError::Store("the audit batch was not appended".into()),
+                    ),
+                }
+            }),
+        );
+    }
+
+    /// Appends `entry` through the batcher and waits until it is durable; returns its sequence
+    /// number. For callers on an ordinary thread (an async caller passes its own `done`).
+    pub fn append_and_wait(
+        &self,
+        store: &dyn Store,
+        entry: PreparedAppend,
+    ) -> Result<u64, RestError> {
+        let (send, recv) = std::sync::mpsc::sync_channel(1);
+        self.append(
+            store,
+            entry,
+            Box::new(move |r| {
+                let _ = send.send(r);
+            }),
+        );
+        recv.recv()
+            .map_err(|_| RestError::Store("the audit batch was abandoned".into()))?
+    }
 }
 
 /// Checks, through the writer, that an entry could be appended now: it appends a probe entry
@@ -249,3 +500,6 @@ fn merkle_error(e: MerkleError) -> RestError {
         other => RestError::Store(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod batch_tests;

@@ -350,6 +350,44 @@ pub trait ReadTx {
     fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<u64>, StoreError>;
     /// The audit entries with the given sequence numbers, in the order given (missing ones skipped).
     fn audit_load(&mut self, seqs: &[u64]) -> Result<Vec<AuditStored>, StoreError>;
+    /// Calls `visit` with every audit entry with `after < seq <= upto`, ascending, lending the
+    /// row's bytes instead of copying them: the verifier's bulk pass over the whole log. A
+    /// backend may read these rows in a way suited to one long sequential pass (SQLite maps the
+    /// file); the default goes through [`ReadTx::audit_entries`].
+    fn audit_visit(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(AuditRowRef<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let limit = usize::try_from(upto.saturating_sub(after)).unwrap_or(usize::MAX);
+        for e in self.audit_entries(after, limit)? {
+            if e.seq > upto {
+                break;
+            }
+            visit(AuditRowRef {
+                seq: e.seq,
+                recorded_ms: e.recorded_ms,
+                chain: &e.chain,
+                sealed: &e.sealed,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One audit entry lent by [`ReadTx::audit_visit`]: the row's bytes as the backend holds them,
+/// unchecked (a chain hash of the wrong length is the caller's finding, named by `seq`).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRowRef<'a> {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub recorded_ms: i64,
+    /// The stored chain hash (32 bytes unless the row was changed).
+    pub chain: &'a [u8],
+    /// The sealed canonical bytes.
+    pub sealed: &'a [u8],
 }
 
 /// One audit entry as the backend holds it: sequence, time and chain hash in clear, entry sealed.
@@ -444,6 +482,9 @@ pub trait Tx: ReadTx {
 /// A unit of work for the writer: runs inside its own savepoint; an `Err` rolls back only it.
 pub type WriteJob = Box<dyn FnOnce(&mut dyn Tx) -> Result<(), RestError> + Send>;
 
+/// What [`Store::submit`] calls with a job's outcome once its group has committed (or failed).
+pub type WriteDone = Box<dyn FnOnce(Result<(), RestError>) + Send>;
+
 /// A storage backend.
 pub trait Store: Send + Sync {
     /// The keyring that seals bodies and blinds index values for this store.
@@ -454,6 +495,13 @@ pub trait Store: Send + Sync {
     /// Jobs submitted together share one commit (one fsync); each runs in its own savepoint,
     /// so a failing job rolls back only itself. Never call this from inside a job.
     fn write(&self, job: WriteJob) -> Result<(), RestError>;
+    /// Like [`Store::write`] without waiting: `job` joins the writer's queue and `done` is called
+    /// with its outcome once its group has committed durably (or failed). `done` may run on the
+    /// writer's thread, so it must only hand the outcome on. The default runs `write` on the
+    /// caller's thread; a backend with its own writer thread returns at once.
+    fn submit(&self, job: WriteJob, done: WriteDone) {
+        done(self.write(job));
+    }
     /// Folds the write-ahead log into the database and empties it, so that no page image
     /// older than the last commit survives in the log; true when it completed.
     fn checkpoint_truncate(&self) -> Result<bool, StoreError>;

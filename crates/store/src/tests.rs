@@ -1711,3 +1711,63 @@ fn the_audit_probe_appends_nothing() {
         crate::audit_log::append_durably(&**rest.store(), vec![audit_entry(b"two")]).unwrap();
     assert_eq!(seqs, vec![2]);
 }
+
+#[test]
+fn audit_visit_lends_the_rows_audit_entries_reads() {
+    let (_dir, rest) = setup();
+    let entries: Vec<_> = (1..=40)
+        .map(|i| audit_entry(format!("visit {i}").as_bytes()))
+        .collect();
+    crate::audit_log::append_durably(&**rest.store(), entries).unwrap();
+    let mut r = rest.store().reader().unwrap();
+    let want = r.audit_entries(10, 15).unwrap();
+    assert_eq!(want.first().map(|e| e.seq), Some(11));
+    let mut seen = Vec::new();
+    let mut opened = Vec::new();
+    let mut identity = Vec::new();
+    r.audit_visit(10, 25, &mut |row| {
+        seen.push((
+            row.seq,
+            row.recorded_ms,
+            row.chain.to_vec(),
+            row.sealed.to_vec(),
+        ));
+        crate::audit_log::identity_into(row.seq, &mut identity);
+        assert_eq!(identity, crate::audit_log::identity(row.seq));
+        let mut plain = Vec::new();
+        rest.store()
+            .keyring()
+            .open_into(&identity, row.sealed, &mut plain)
+            .unwrap();
+        opened.push(String::from_utf8(plain).unwrap());
+        Ok(())
+    })
+    .unwrap();
+    let expected: Vec<_> = want
+        .iter()
+        .map(|e| (e.seq, e.recorded_ms, e.chain.to_vec(), e.sealed.clone()))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(opened.first().map(String::as_str), Some("visit 11"));
+    assert_eq!(opened.last().map(String::as_str), Some("visit 25"));
+    // Past the end, and a visitor's error stops the pass and comes back.
+    let mut n = 0;
+    r.audit_visit(38, u64::MAX, &mut |_| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 2);
+    let err = r
+        .audit_visit(0, 40, &mut |row| {
+            if row.seq == 3 {
+                Err(crate::StoreError::Backend("stop".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("stop"), "{err}");
+    // The reader still works afterwards (the visit put the connection back to normal reads).
+    assert_eq!(r.audit_entries(0, 100).unwrap().len(), 40);
+}

@@ -390,6 +390,21 @@ async fn audit_verify_catches_every_kind_of_tampering() {
         "{out}"
     );
 
+    // One byte of one entry's compact canonical form flipped by someone holding the keys, and
+    // the entry re-sealed so that it decrypts: the chain names it.
+    let d = copy_data(&data, &work.path().join("flipped"));
+    reseal_changed(&d, 8, |plain| {
+        assert_eq!(plain[0], 1, "entries are in compact format 1");
+        let at = plain.len() / 2;
+        plain[at] ^= 0x01;
+    });
+    let (code, out) = verify(&d, None);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("entry 8 does not match its chain hash"),
+        "{out}"
+    );
+
     // The tail truncated.
     let d = copy_data(&data, &work.path().join("truncated"));
     sql(
@@ -459,6 +474,27 @@ fn reseal_swap(data: &Path, a: i64, b: i64) {
     conn.execute(
         "UPDATE audit_log SET entry = ?1 WHERE seq = ?2",
         rusqlite::params![nb, b],
+    )
+    .unwrap();
+}
+
+/// Opens entry `seq`, changes its canonical bytes with `change` and seals them back to the same
+/// position with the directory's own keys.
+fn reseal_changed(data: &Path, seq: i64, change: impl FnOnce(&mut Vec<u8>)) {
+    let keys = carevault_crypto::open_or_init(data).unwrap();
+    let conn = rusqlite::Connection::open(data.join("store/carevault.db")).unwrap();
+    let sealed: Vec<u8> = conn
+        .query_row("SELECT entry FROM audit_log WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let ident = carevault_store::audit_log::identity(seq as u64);
+    let mut plain = keys.keyring.open(&ident, &sealed).unwrap();
+    change(&mut plain);
+    let resealed = keys.keyring.seal(&ident, &plain).unwrap();
+    conn.execute(
+        "UPDATE audit_log SET entry = ?1 WHERE seq = ?2",
+        rusqlite::params![resealed, seq],
     )
     .unwrap();
 }
@@ -569,6 +605,16 @@ async fn proofs_reports_and_the_checkpoint_are_served_and_verifiable() {
             .unwrap()
     };
     let leaf = merkle::leaf_hash(proof["entry"].as_str().unwrap().as_bytes());
+    // The proof also shows the AuditEvent the entry's compact bytes render to.
+    assert_eq!(proof["event"]["resourceType"], "AuditEvent", "{proof}");
+    assert_eq!(proof["event"]["id"], "a-000000000001", "{proof}");
+    assert_eq!(
+        Some(&proof["event"]),
+        carevault_audit::event::render(proof["entry"].as_str().unwrap().as_bytes())
+            .ok()
+            .map(|e| carevault_audit::event::with_id(e, 1))
+            .as_ref()
+    );
     let path: Vec<[u8; 32]> = proof["inclusion_path"]
         .as_array()
         .unwrap()

@@ -5,9 +5,9 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::backend::{
-    AuditQuery, AuditRow, AuditStored, ErasedRows, HistoryScope, IndexRow, KeyUsage, NativeSort,
-    NewVersion, ParamRef, PatientKeyRow, ReadTx, ResKey, RotationCursor, SEALED_TABLES, SealedRow,
-    SealedTable, Tx, VersionRecord,
+    AuditQuery, AuditRow, AuditRowRef, AuditStored, ErasedRows, HistoryScope, IndexRow, KeyUsage,
+    NativeSort, NewVersion, ParamRef, PatientKeyRow, ReadTx, ResKey, RotationCursor, SEALED_TABLES,
+    SealedRow, SealedTable, Tx, VersionRecord,
 };
 use crate::error::{RestError, StoreError};
 use crate::plan::{Bound, Cond, IndexKind, Plan, RangeCond};
@@ -74,6 +74,10 @@ fn collect_audit(
     }
     Ok(out)
 }
+
+/// Bytes of the database file [`ReadTx::audit_visit`] maps while it reads (SQLite maps at most
+/// this much from the start of the file; the rest is read as usual).
+const AUDIT_VISIT_MMAP: u64 = 1 << 36;
 
 /// Entries whose search keys wait in `audit_ix_pending` before moving into `audit_ix` together.
 const AUDIT_IX_BATCH: u64 = 256;
@@ -468,6 +472,48 @@ impl ReadTx for SqlTx<'_> {
             out.push(r? as u64);
         }
         Ok(out)
+    }
+
+    fn audit_visit(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(AuditRowRef<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // One long sequential pass: map the file instead of copying every page through read(2)
+        // into the page cache of the connection; back to ordinary reads afterwards.
+        self.conn
+            .execute_batch(&format!("PRAGMA mmap_size={AUDIT_VISIT_MMAP}"))?;
+        let result = (|| {
+            let mut st = self.conn.prepare_cached(
+                "SELECT seq, recorded, chain, entry FROM audit_log \
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            )?;
+            let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let mut rows = st.query(params![after, upto])?;
+            while let Some(r) = rows.next()? {
+                // Whatever the columns hold is lent as bytes: a value of the wrong type is a
+                // changed entry, which the caller names by its sequence number.
+                let bytes = |i: usize| -> rusqlite::Result<&[u8]> {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                            b
+                        }
+                        _ => &[],
+                    })
+                };
+                visit(AuditRowRef {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    recorded_ms: r.get(1)?,
+                    chain: bytes(2)?,
+                    sealed: bytes(3)?,
+                })?;
+            }
+            Ok(())
+        })();
+        self.conn.execute_batch("PRAGMA mmap_size=0")?;
+        result
     }
 
     fn audit_load(&mut self, seqs: &[u64]) -> Result<Vec<AuditStored>, StoreError> {
