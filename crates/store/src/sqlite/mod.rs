@@ -8,6 +8,7 @@ pub(crate) mod schema;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,13 +65,15 @@ impl SqliteStore {
             .map_err(|e| open_err(e.to_string()))?;
         let (send, recv) = std::sync::mpsc::channel();
         let (tick_send, tick_recv) = std::sync::mpsc::channel();
+        let restart = Arc::new(AtomicBool::new(false));
+        let restart_asked = restart.clone();
         std::thread::Builder::new()
             .name("carevault-store-writer".into())
-            .spawn(move || writer_loop(conn, recv, tick_send))
+            .spawn(move || writer_loop(conn, recv, tick_send, &restart))
             .map_err(|e| open_err(format!("the writer thread could not start: {e}")))?;
         std::thread::Builder::new()
             .name("carevault-store-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, tick_recv))
+            .spawn(move || checkpoint_loop(checkpointer, tick_recv, &restart_asked))
             .map_err(|e| open_err(format!("the checkpoint thread could not start: {e}")))?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -161,7 +164,12 @@ fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>, ticks: Sender<()>) {
+fn writer_loop(
+    conn: Connection,
+    jobs: Receiver<(WriteJob, Reply)>,
+    ticks: Sender<()>,
+    restart: &AtomicBool,
+) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -171,6 +179,9 @@ fn writer_loop(conn: Connection, jobs: Receiver<(WriteJob, Reply)>, ticks: Sende
             }
         }
         run_group(&conn, group);
+        if restart.swap(false, Ordering::Relaxed) {
+            restart_wal(&conn);
+        }
         let _ = ticks.send(());
     }
     // The store was dropped: fold the WAL back into the database before closing.
@@ -186,24 +197,45 @@ const CHECKPOINT_IDLE: Duration = Duration::from_millis(500);
 const CHECKPOINT_SPACING: Duration = Duration::from_millis(100);
 /// WAL frames beyond which the checkpointer makes the writer start the log over.
 const WAL_RESTART_FRAMES: i64 = 16_384;
+/// How long the writer's RESTART checkpoint waits for readers still on the old log.
+const WRITER_RESTART_WAIT: Duration = Duration::from_millis(200);
+
+/// Starts the WAL over from the writer's own connection, between two groups. Under sustained
+/// writes (a bulk import, a burst of audited reads) the checkpointer's RESTART never finds the
+/// writer idle and the log would grow without bound; here no write is in progress, so only
+/// readers still on the old log can make it wait, and only for [`WRITER_RESTART_WAIT`]: if they
+/// do, the checkpointer asks again after its next pass.
+fn restart_wal(conn: &Connection) {
+    let set_wait = |d: Duration| {
+        if let Err(e) = conn.busy_timeout(d) {
+            tracing::warn!(error = %e, "could not set the writer's busy timeout");
+        }
+    };
+    set_wait(WRITER_RESTART_WAIT);
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "WAL restart by the writer failed");
+    }
+    set_wait(Duration::from_millis(BUSY_TIMEOUT_MS));
+}
 
 /// Folds committed WAL frames back into the database, so the log stays short and readers stay
 /// fast: at most every [`CHECKPOINT_SPACING`] while commits come, PASSIVE (never waits);
 /// RESTART when the log has grown past [`WAL_RESTART_FRAMES`] (waits briefly for the writer,
-/// then the log starts over and is cut to `journal_size_limit`); TRUNCATE once writes pause
-/// for [`CHECKPOINT_IDLE`].
-fn checkpoint_loop(conn: Connection, ticks: Receiver<()>) {
+/// then the log starts over and is cut to `journal_size_limit`; if the writer never pauses long
+/// enough, the writer is asked to restart the log itself between two groups); TRUNCATE once
+/// writes pause for [`CHECKPOINT_IDLE`].
+fn checkpoint_loop(conn: Connection, ticks: Receiver<()>, restart: &AtomicBool) {
+    // (busy, frames in the log): busy is 1 when the checkpoint could not finish.
     let run = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
         })
     };
     let passive = || match run("PASSIVE") {
-        Ok(frames) if frames > WAL_RESTART_FRAMES => {
-            if let Err(e) = run("RESTART") {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
-        }
+        Ok((_, frames)) if frames > WAL_RESTART_FRAMES => match run("RESTART") {
+            Ok((0, _)) => {}
+            Ok(_) | Err(_) => restart.store(true, Ordering::Relaxed),
+        },
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
     };
