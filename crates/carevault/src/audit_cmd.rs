@@ -114,6 +114,11 @@ fn verify(data: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<()>
     };
     let mut verifier = Verifier::new(&vkey, checkpoints, shipped)
         .map_err(|t| anyhow::anyhow!("audit verification failed: {t}"))?;
+    // Entries of reads still in the read journal join the log first, so they are verified too;
+    // a journal entry that was altered or removed is named here.
+    store
+        .settle_audit()
+        .map_err(|e| anyhow::anyhow!("audit verification failed: {e}"))?;
     let mut reader = store.reader()?;
     let total = reader.audit_head()?.map_or(0, |(seq, _)| seq);
     let progress = Progress::new(total);

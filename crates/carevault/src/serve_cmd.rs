@@ -132,6 +132,10 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
         let stop = trail.system_event(carevault_audit::event::EventKind::ServerStop, Vec::new());
         let (trail2, store2) = (trail.clone(), store.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            // The reads answered before the stop come before it in the log.
+            store2
+                .settle_audit()
+                .context("cannot fold the audit entries of reads into the log")?;
             carevault_store::audit_log::append_durably(&*store2, vec![stop])
                 .context("cannot write the server-stop audit event")?;
             trail2

@@ -116,8 +116,6 @@ pub struct Trail {
     checkpoints: PathBuf,
     latest: Mutex<Option<String>>,
     signed_size: AtomicU64,
-    /// Batches the durable appends of requests' events (reads and refusals).
-    batcher: audit_log::AuditBatcher,
 }
 
 impl std::fmt::Debug for Trail {
@@ -192,17 +190,12 @@ impl Trail {
             &vkey_path,
             format!("{}\n", signer.verifier_key()).as_bytes(),
         )?;
-        let last = {
-            let mut r = store.reader().map_err(RestError::from)?;
-            match r.audit_head().map_err(RestError::from)? {
-                None => None,
-                Some((seq, _)) => r
-                    .audit_load(&[seq])
-                    .map_err(RestError::from)?
-                    .first()
-                    .map(|e| e.recorded_ms),
-            }
-        };
+        // Entries folded from the read journal need not be in time order: the latest time.
+        let last = store
+            .reader()
+            .map_err(RestError::from)?
+            .audit_last_recorded()
+            .map_err(RestError::from)?;
         let now = now_ms(&*clock);
         if let Some(last_ms) = last
             && now < last_ms
@@ -229,7 +222,6 @@ impl Trail {
             checkpoints,
             latest: Mutex::new(latest),
             signed_size: AtomicU64::new(signed_size),
-            batcher: audit_log::AuditBatcher::new(),
         })
     }
 
@@ -283,18 +275,18 @@ impl Trail {
         to_append(&r)
     }
 
-    /// Appends a request's event durably: its hashing and key blinding happen here, on the
-    /// request's thread, then it joins the next batch of the writer (see
-    /// [`audit_log::AuditBatcher`]); resolves with its sequence number once it is on disk.
+    /// Makes a request's event durable (reads and refusals; writes append theirs in their own
+    /// transaction): its hashing and key blinding happen here, on the request's task, then it
+    /// joins the next group commit of the store's read journal ([`Store::journal_audit`]),
+    /// which folds it into the log soon after. Resolves once it is on disk.
     pub(crate) async fn append_durably(
         &self,
         store: &dyn Store,
         append: AuditAppend,
-    ) -> Result<u64, RestError> {
+    ) -> Result<(), RestError> {
         let prepared = append.prepare(store.keyring());
         let (send, recv) = tokio::sync::oneshot::channel();
-        self.batcher.append(
-            store,
+        store.journal_audit(
             prepared,
             Box::new(move |r| {
                 // A request that was dropped meanwhile no longer waits; nothing to do then.
@@ -366,6 +358,8 @@ impl Trail {
     /// Signs a checkpoint of the log as it is now, when it has grown since the last one (or
     /// `force`), appends it to `audit/checkpoints` and makes it the latest.
     pub fn checkpoint(&self, store: &dyn Store, force: bool) -> Result<Option<String>, TrailError> {
+        // The reads answered so far belong in the checkpoint.
+        store.settle_audit()?;
         let (size, root) = {
             let mut r = store.reader().map_err(RestError::from)?;
             audit_log::tree_head(&mut *r)?

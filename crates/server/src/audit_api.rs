@@ -199,6 +199,7 @@ impl AuditSearch {
     /// Runs the search; the page of events (with ids) and whether more follow.
     pub fn run(&self, store: &dyn Store) -> Result<(Vec<Value>, bool), RestError> {
         let keyring = store.keyring();
+        store.settle_audit()?;
         let mut reader = store.reader()?;
         let mut out = Vec::new();
         let mut skipped = 0;
@@ -251,6 +252,7 @@ pub fn read_event(store: &dyn Store, id: &str) -> Result<Value, RestError> {
         id: id.to_owned(),
     };
     let seq = event::seq_of_id(id).ok_or_else(not_found)?;
+    store.settle_audit()?;
     let stored = store.reader()?.audit_load(&[seq])?;
     let e = stored.first().ok_or_else(not_found)?;
     let entry = audit_log::open(store.keyring(), e)?;
@@ -324,6 +326,7 @@ pub fn report_events(
         offset: 0,
         limit: MAX_REPORT_ROWS,
     };
+    store.settle_audit()?;
     let mut reader = store.reader()?;
     audit_log::search(&mut *reader, keyring, &q)?
         .iter()
@@ -547,6 +550,7 @@ pub(crate) async fn proof(
     }
     let store = app.rest.store().clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, RestError> {
+        store.settle_audit()?;
         let mut r = store.reader()?;
         let (current, _) = audit_log::tree_head(&mut *r)?;
         let size = p.size.unwrap_or(current);
@@ -611,6 +615,7 @@ pub(crate) async fn consistency(
     }
     let store = app.rest.store().clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, RestError> {
+        store.settle_audit()?;
         let mut r = store.reader()?;
         let (current, _) = audit_log::tree_head(&mut *r)?;
         if p.second > current {

@@ -14,7 +14,7 @@ use carevault_audit::merkle::{self, Frontier, Hash, MerkleError, NodeSource};
 use carevault_audit::{chain, merkle::node_hash};
 use carevault_crypto::{BlindTag, Keyring};
 
-use crate::backend::{AuditQuery, AuditRow, AuditStored, ReadTx, Store, Tx, WriteJob, write_with};
+use crate::backend::{AuditQuery, AuditRow, AuditStored, ReadTx, Store, Tx, write_with};
 use crate::error::{RestError, StoreError};
 
 /// A search key of an audit entry; stored only as a blind tag.
@@ -160,13 +160,13 @@ impl AuditAppend {
     }
 }
 
-/// The log's right edge as of a head `(size, chain hash)`, kept between batches by
-/// [`AuditBatcher`]. The chain hash commits to every leaf before it, so a frontier whose head
+/// The log's right edge as of a head `(size, chain hash)`, kept between folds of the read
+/// journal. The chain hash commits to every leaf before it, so a frontier whose head
 /// equals the stored head is the stored tree's frontier; any other head (an append by a write,
 /// by another process, or a batch whose commit failed) makes the next batch rebuild it from the
 /// stored nodes.
 #[derive(Debug, Clone)]
-struct EdgeMemo {
+pub(crate) struct EdgeMemo {
     size: u64,
     chain: Hash,
     frontier: Frontier,
@@ -176,7 +176,7 @@ struct EdgeMemo {
 /// the right edge (`memo` when it matches the stored head, else rebuilt from the stored nodes)
 /// carried in memory from one entry to the next. Returns their sequence numbers. Rows are derived
 /// as [`append`] derives them, so the log is the same as from appending one by one.
-fn append_prepared(
+pub(crate) fn append_prepared(
     tx: &mut dyn Tx,
     keyring: &Keyring,
     entries: &[PreparedAppend],
@@ -227,156 +227,73 @@ fn append_prepared(
     Ok(seqs)
 }
 
-/// What an [`AuditBatcher`] calls with an entry's sequence number once its batch is durable, or
-/// with the error that kept it from being written.
-pub type AppendDone = Box<dyn FnOnce(Result<u64, RestError>) + Send>;
+/// What the read journal calls once an entry is durable, or with the error that kept it from
+/// being written ([`crate::Store::journal_audit`]). It may run on the journal's thread, so it
+/// must only hand the result on.
+pub type JournalDone = Box<dyn FnOnce(Result<(), RestError>) + Send>;
 
-/// Durable appends for many concurrent callers (the server's reads) at the cost of few writer
-/// jobs. A caller queues its prepared entry and is called back; whoever finds no batch job
-/// waiting in the writer submits one. When the writer runs that job, it takes every entry queued
-/// by then and appends them all with one head look-up and the right edge in memory, in one
-/// savepoint; after the group's commit (one fsync) every caller of the batch learns its sequence
-/// number. A batch fails or succeeds whole: when any entry cannot be written the savepoint rolls
-/// back, no entry of the batch is left, and every caller gets the error.
+/// The log's right edge remembered between folds (see [`EdgeMemo`]).
 #[derive(Default)]
-pub struct AuditBatcher {
-    queue: Arc<Mutex<BatchQueue>>,
-    memo: Arc<Mutex<Option<EdgeMemo>>>,
-}
+pub(crate) struct FoldMemo(Mutex<Option<EdgeMemo>>);
 
-impl std::fmt::Debug for AuditBatcher {
+impl std::fmt::Debug for FoldMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditBatcher").finish_non_exhaustive()
+        f.debug_struct("FoldMemo").finish_non_exhaustive()
     }
 }
-
-#[derive(Default)]
-struct BatchQueue {
-    waiting: Vec<(PreparedAppend, AppendDone)>,
-    /// A batch job is in the writer's queue and has not yet taken the waiting entries.
-    armed: bool,
-}
-
-/// Hands `err` to every caller of a failed batch (the first gets it as it is, the others its
-/// sentence: errors are not `Clone`).
-fn fail_all(dones: impl Iterator<Item = AppendDone>, err: RestError) {
-    let text = err.to_string();
-    let mut err = Some(err);
-    for done in dones {
-        done(Err(err
-            .take()
-            .unwrap_or_else(|| RestError::Store(text.clone()))));
-    }
-}
-
-/// The callers of one batch (set when its job takes them) and, once appended, their sequence
-/// numbers.
-type BatchSlot = Arc<Mutex<Option<(Vec<AppendDone>, Option<Vec<u64>>)>>>;
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a thread panicked while holding it; the queue stays usable.
+    // A poisoned lock only means a thread panicked while holding it; the memo is re-checked
+    // against the stored head before any use.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl AuditBatcher {
-    /// A batcher with nothing queued.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Queues `entry` for a durable append through `store`'s writer; `done` is called (possibly
-    /// on the writer's thread, so it must only hand the result on) once the entry is on disk, or
-    /// with the error that kept its batch from being written. Never waits for the writer.
-    pub fn append(&self, store: &dyn Store, entry: PreparedAppend, done: AppendDone) {
-        let submit = {
-            let mut q = guard(&self.queue);
-            q.waiting.push((entry, done));
-            !std::mem::replace(&mut q.armed, true)
-        };
-        if !submit {
-            return;
-        }
-        let slot: BatchSlot = Arc::new(Mutex::new(None));
-        let job_slot = slot.clone();
-        let queue = self.queue.clone();
-        let memo = self.memo.clone();
-        let keyring = store.keyring().clone();
-        let job: WriteJob = Box::new(move |tx: &mut dyn Tx| {
-            let (entries, dones): (Vec<_>, Vec<_>) = {
-                let mut q = guard(&queue);
-                q.armed = false;
-                std::mem::take(&mut q.waiting).into_iter().unzip()
-            };
-            // The callers belong to this job from now on, whatever happens below.
-            *guard(&job_slot) = Some((dones, None));
-            let mut memo = guard(&memo);
-            // Until the append succeeds, the next batch starts from the stored head.
-            let seqs = append_prepared(tx, &keyring, &entries, &mut memo)?;
-            if let Some((_, appended)) = guard(&job_slot).as_mut() {
-                *appended = Some(seqs);
+/// Folds journaled read entries into the log in one writer job: skips those at or below the
+/// fold mark the log holds for `journal` (folded before, by this or another process), checks
+/// that the rest continue the mark without a gap, appends them in journal order with one head
+/// look-up and the right edge in memory, and moves the mark, all in one transaction. Returns
+/// how many were appended and the mark after the fold.
+pub(crate) fn fold_journal(
+    store: &dyn Store,
+    journal: [u8; 16],
+    rows: Vec<crate::sqlite::JournalRow>,
+    memo: &Arc<FoldMemo>,
+) -> Result<(usize, u64), RestError> {
+    let keyring = store.keyring().clone();
+    let memo = memo.clone();
+    write_with(store, move |tx| {
+        let mark = tx.audit_fold_mark(&journal)?;
+        let mut expected = mark + 1;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut last = mark;
+        for row in rows.into_iter().filter(|r| r.jseq > mark) {
+            if row.jseq != expected {
+                return Err(StoreError::Integrity(format!(
+                    "read journal entries {expected} to {} are missing (not yet in the audit log, and deleted)",
+                    row.jseq - 1
+                ))
+                .into());
             }
-            Ok(())
-        });
-        let queue = self.queue.clone();
-        store.submit(
-            job,
-            Box::new(move |committed| {
-                let Some((dones, appended)) = guard(&slot).take() else {
-                    // The job never ran (the writer could not start a transaction or has
-                    // stopped): the entries it would have taken are still queued, all of them
-                    // for this job, since none other was submitted while it was armed.
-                    let waiting = {
-                        let mut q = guard(&queue);
-                        q.armed = false;
-                        std::mem::take(&mut q.waiting)
-                    };
-                    let err = committed.err().unwrap_or_else(|| {
-                        RestError::Store("the audit batch was not run by the writer".into())
-                    });
-                    fail_all(waiting.into_iter().map(|(_, done)| done), err);
-                    return;
-                };
-                match (committed, appended) {
-                    (Ok(()), Some(seqs)) => {
-                        for (done, seq) in dones.into_iter().zip(seqs) {
-                            done(Ok(seq));
-                        }
-                    }
-                    // The job's own error when it failed, else the commit's.
-                    (Err(e), _) => fail_all(dones.into_iter(), e),
-                    (Ok(()), None) => fail_all(
-                        dones.into_iter(),
-                        RestError::Store("the audit batch was not appended".into()),
-                    ),
-                }
-            }),
-        );
-    }
-
-    /// Appends `entry` through the batcher and waits until it is durable; returns its sequence
-    /// number. For callers on an ordinary thread (an async caller passes its own `done`).
-    pub fn append_and_wait(
-        &self,
-        store: &dyn Store,
-        entry: PreparedAppend,
-    ) -> Result<u64, RestError> {
-        let (send, recv) = std::sync::mpsc::sync_channel(1);
-        self.append(
-            store,
-            entry,
-            Box::new(move |r| {
-                let _ = send.send(r);
-            }),
-        );
-        recv.recv()
-            .map_err(|_| RestError::Store("the audit batch was abandoned".into()))?
-    }
+            expected += 1;
+            last = row.jseq;
+            entries.push(row.entry);
+        }
+        if entries.is_empty() {
+            return Ok((0, mark));
+        }
+        let mut memo = guard(&memo.0);
+        append_prepared(tx, &keyring, &entries, &mut memo)?;
+        tx.set_audit_fold_mark(&journal, last)?;
+        Ok((entries.len(), last))
+    })
 }
 
 /// Checks, through the writer, that an entry could be appended now: it appends a probe entry
 /// inside a nested savepoint (chain, nodes, sealing, index rows — every table an append
-/// touches) and rolls it back, so the log never holds it. For `/readyz`.
+/// touches) and rolls it back, so the log never holds it; and the same in the read journal.
+/// For `/readyz`.
 pub fn probe_writable(store: &dyn Store) -> Result<(), RestError> {
+    store.probe_journal()?;
     let keyring = store.keyring().clone();
     write_with(store, move |tx| {
         let probe = AuditAppend {
@@ -502,4 +419,4 @@ fn merkle_error(e: MerkleError) -> RestError {
 }
 
 #[cfg(test)]
-mod batch_tests;
+mod journal_tests;

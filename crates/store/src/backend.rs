@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use carevault_crypto::{BlindTag, Keyring};
 
+use crate::audit_log::JournalDone;
 use crate::care::{CareRows, CareWindows};
 use crate::error::{RestError, StoreError};
 use crate::plan::Plan;
@@ -342,6 +343,12 @@ pub trait ReadTx {
     fn rotation_state(&mut self) -> Result<Vec<RotationCursor>, StoreError>;
     /// The last audit entry's sequence number and chain hash (`None` for an empty log).
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// The latest `recorded` time of any audit entry (entries folded from the read journal
+    /// need not be in time order), `None` for an empty log.
+    fn audit_last_recorded(&mut self) -> Result<Option<i64>, StoreError>;
+    /// The last entry number of the read journal `journal` (its id) already folded into the
+    /// log; 0 when none was.
+    fn audit_fold_mark(&mut self, journal: &[u8]) -> Result<u64, StoreError>;
     /// The stored hash of the complete Merkle subtree at `level`, `index` of the audit log.
     fn audit_node(&mut self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
     /// Audit entries with `seq > after`, ascending, at most `limit`.
@@ -438,6 +445,8 @@ pub trait Tx: ReadTx {
     /// Appends one audit entry whose sequence number is the head's plus one (see
     /// [`crate::audit_log::append`], which derives the row).
     fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Records that the read journal `journal` is folded into the log up to entry `upto`.
+    fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError>;
     /// Writes a sealed system record.
     fn put_system_record(&mut self, kind: &str, key: &str, sealed: &[u8])
     -> Result<(), StoreError>;
@@ -501,6 +510,29 @@ pub trait Store: Send + Sync {
     /// caller's thread; a backend with its own writer thread returns at once.
     fn submit(&self, job: WriteJob, done: WriteDone) {
         done(self.write(job));
+    }
+    /// Makes a read's audit entry durable and calls `done` (possibly on another thread, so it
+    /// must only hand the result on) once it is, or with the error that kept it from being
+    /// written. A backend with a read journal ([`crate::sqlite`]) commits it there, apart from
+    /// the data, and folds it into the log soon after; the default appends it to the log
+    /// through the writer.
+    fn journal_audit(&self, entry: crate::audit_log::PreparedAppend, done: JournalDone) {
+        let keyring = self.keyring().clone();
+        let job: WriteJob = Box::new(move |tx| {
+            crate::audit_log::append_prepared(tx, &keyring, std::slice::from_ref(&entry), &mut None)
+                .map(|_| ())
+        });
+        self.submit(job, done);
+    }
+    /// Checks that a read's entry could be made durable now (see [`Store::journal_audit`]).
+    fn probe_journal(&self) -> Result<(), RestError> {
+        Ok(())
+    }
+    /// Folds every read entry journaled so far into the log (chain, tree, search keys), so
+    /// that what reads the log next sees them; returns how many it folded. Call before
+    /// searching, reporting, proving, checkpointing or verifying. The default has no journal.
+    fn settle_audit(&self) -> Result<usize, RestError> {
+        Ok(0)
     }
     /// Folds the write-ahead log into the database and empties it, so that no page image
     /// older than the last commit survives in the log; true when it completed.

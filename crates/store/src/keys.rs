@@ -168,6 +168,9 @@ pub fn reencrypt(
     // Servers pick up the new key within about a second; until then they may still seal under
     // the old one, anywhere. Sweep from the start until a sweep finds nothing.
     for sweep in 0..=opts.max_sweeps {
+        // Reads' entries still in the read journal are sealed under the key current when they
+        // were made; folding them re-seals them into the log under the current one.
+        store.settle_audit()?;
         let usage = store.reader()?.key_usage()?;
         let left: u64 = SEALED_TABLES
             .iter()

@@ -180,6 +180,12 @@ impl ReadTx for RecordingTx<'_> {
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.inner.audit_head()
     }
+    fn audit_last_recorded(&mut self) -> Result<Option<i64>, StoreError> {
+        self.inner.audit_last_recorded()
+    }
+    fn audit_fold_mark(&mut self, journal: &[u8]) -> Result<u64, StoreError> {
+        self.inner.audit_fold_mark(journal)
+    }
     fn audit_node(&mut self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
         self.inner.audit_node(level, index)
     }
@@ -209,6 +215,9 @@ impl Tx for RecordingTx<'_> {
     }
     fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError> {
         self.inner.append_audit(row)
+    }
+    fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError> {
+        self.inner.set_audit_fold_mark(journal, upto)
     }
     fn put_system_record(
         &mut self,

@@ -321,6 +321,14 @@ fn sql(data: &Path, statement: &str) {
     conn.execute_batch(statement).unwrap();
 }
 
+/// Runs `statement` on the read journal, where reads' entries become durable.
+fn sql_journal(data: &Path, statement: &str) {
+    let conn = rusqlite::Connection::open(data.join("store/carevault.audit-journal.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute_batch(statement).unwrap();
+}
+
 fn verify(data: &Path, against: Option<&Path>) -> (i32, String) {
     let mut args = vec!["audit", "verify"];
     if let Some(a) = against {
@@ -527,10 +535,14 @@ async fn a_read_whose_audit_entry_cannot_be_written_returns_503_and_no_data() {
     let (st, _, b) = send(s.post("Patient", &patient("Failclosed"))).await;
     assert_eq!(st, 201);
     let pid = b["id"].as_str().unwrap().to_string();
-    // The audit table refuses inserts, as a full disk would.
+    // The audit log and the read journal refuse inserts, as a full disk would.
     sql(
         &s.data(),
         "CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    );
+    sql_journal(
+        &s.data(),
+        "CREATE TRIGGER journal_full BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
     );
     // The readiness probe says so before any request fails (PRODUCT.md 2.2).
     let ready = |s: &Server| s.http.get(format!("{}/readyz", s.root)).send();
@@ -548,7 +560,16 @@ async fn a_read_whose_audit_entry_cannot_be_written_returns_503_and_no_data() {
     let resp = s.get("Patient?family=Failclosed").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(!resp.text().await.unwrap().contains(&pid));
+    // With only the journal full, reads are still refused (and the probe says so), while
+    // writes, whose entries commit with their data, go through.
     sql(&s.data(), "DROP TRIGGER audit_full;");
+    assert_eq!(ready(&s).await.unwrap().status(), 503);
+    let resp = s.get(&format!("Patient/{pid}")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(!resp.text().await.unwrap().contains("Failclosed"));
+    let (st, _, _) = send(s.post("Patient", &patient("Journalfull"))).await;
+    assert_eq!(st, 201);
+    sql_journal(&s.data(), "DROP TRIGGER journal_full;");
     assert_eq!(ready(&s).await.unwrap().status(), 200);
     let (st, _, b) = send(s.get(&format!("Patient/{pid}"))).await;
     assert_eq!(st, 200);

@@ -3,6 +3,7 @@
 //! connections that never wait for the writer.
 
 pub(crate) mod care;
+mod journal;
 mod query;
 pub(crate) mod schema;
 
@@ -16,16 +17,24 @@ use std::time::{Duration, Instant};
 use carevault_crypto::Keyring;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::audit_log::JournalDone;
 use crate::backend::{Store, Tx, WriteDone, WriteJob};
 use crate::care::CareWindows;
 use crate::error::{RestError, StoreError};
 
+pub use journal::JournalRow;
+#[cfg(test)]
+pub(crate) use journal::journal_path;
 pub use query::SqlTx;
 
 /// How many jobs one commit may carry at most.
 const MAX_GROUP: usize = 256;
 /// How long a connection waits for a lock held by another process (`carevault import`).
 const BUSY_TIMEOUT_MS: u64 = 30_000;
+/// How often journaled read entries are folded into the audit log while reads come.
+const FOLD_SPACING: Duration = Duration::from_millis(100);
+/// Most journaled entries one fold job appends.
+const FOLD_BATCH: usize = 4096;
 
 /// Called with a job's outcome after its group's commit (on the writer's thread).
 type Reply = WriteDone;
@@ -37,11 +46,69 @@ pub struct SqliteStore {
     jobs: Mutex<Sender<(WriteJob, Reply)>>,
     readers: Mutex<Vec<Connection>>,
     max_readers: usize,
+    /// Where reads' audit entries become durable (see `journal.rs`).
+    journal: journal::ReadJournal,
+    /// One fold at a time in this process.
+    fold_lock: Mutex<()>,
+    fold_memo: Arc<crate::audit_log::FoldMemo>,
 }
 
-/// Opens (creating if needed) the SQLite store at `path`.
+/// Opens (creating if needed) the SQLite store at `path`, folds what its read journal still
+/// holds into the audit log (entries of reads answered before a crash), and keeps folding every
+/// [`FOLD_SPACING`] while reads are journaled.
 pub fn open_sqlite(path: &Path, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(path, keyring)?))
+    let store = Arc::new(SqliteStore::open(path, keyring)?);
+    if let Err(e) = store.settle_audit() {
+        // Not fatal here: `audit verify` names the entry, and the log keeps taking writes.
+        tracing::error!(error = %e, "the read journal could not be folded into the audit log");
+    }
+    let weak = Arc::downgrade(&store);
+    std::thread::Builder::new()
+        .name("carevault-audit-fold".into())
+        .spawn(move || fold_loop(&weak))
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("the audit fold thread could not start: {e}"),
+        })?;
+    Ok(store)
+}
+
+/// Folds the read journal into the audit log every [`FOLD_SPACING`] while this process
+/// journals entries; ends when the store is dropped.
+fn fold_loop(store: &std::sync::Weak<SqliteStore>) {
+    let mut last_error = String::new();
+    loop {
+        std::thread::sleep(FOLD_SPACING);
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if !store.journal.has_unfolded() {
+            continue;
+        }
+        match store.settle_audit() {
+            Ok(_) => last_error.clear(),
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::error!(error = %text, "the read journal could not be folded into the audit log");
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Entries already answered for are durable in the journal; fold them now so a clean
+        // stop leaves the log complete (a crash leaves them to the next open).
+        self.journal.close();
+        if self.journal.has_unfolded()
+            && let Err(e) = self.settle_audit()
+        {
+            tracing::error!(error = %e, "the read journal could not be folded at close");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -78,12 +145,16 @@ impl SqliteStore {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let journal = journal::ReadJournal::open(path, keyring.clone())?;
         Ok(SqliteStore {
             path: path.to_owned(),
             keyring,
             jobs: Mutex::new(send),
             readers: Mutex::new(Vec::new()),
             max_readers: cores + 2,
+            journal,
+            fold_lock: Mutex::new(()),
+            fold_memo: Arc::default(),
         })
     }
 
@@ -424,6 +495,36 @@ impl Store for SqliteStore {
             .map_err(|_| RestError::Store("the store writer has stopped".into()))?
     }
 
+    fn journal_audit(&self, entry: crate::audit_log::PreparedAppend, done: JournalDone) {
+        self.journal.append(entry, done);
+    }
+
+    fn probe_journal(&self) -> Result<(), RestError> {
+        Ok(self.journal.probe()?)
+    }
+
+    fn settle_audit(&self) -> Result<usize, RestError> {
+        let _one = lock(&self.fold_lock);
+        let mut folded = 0;
+        loop {
+            let rows = self.journal.pending(FOLD_BATCH)?;
+            let Some(more) = rows.last().map(|_| rows.len() == FOLD_BATCH) else {
+                return Ok(folded);
+            };
+            let (n, mark) =
+                crate::audit_log::fold_journal(self, *self.journal.id(), rows, &self.fold_memo)?;
+            folded += n;
+            // The entries are in the log now; their journal rows are only deleted (a failed
+            // deletion is retried by the next fold, which skips them by the mark).
+            if let Err(e) = self.journal.folded_up_to(mark) {
+                tracing::warn!(error = %e, "folded read-journal rows could not be deleted");
+            }
+            if !more {
+                return Ok(folded);
+            }
+        }
+    }
+
     fn submit(&self, job: WriteJob, done: WriteDone) {
         let sent = lock(&self.jobs).send((job, done));
         if let Err(std::sync::mpsc::SendError((_, done))) = sent {
@@ -466,6 +567,8 @@ delegate_read! {
     key_usage() -> Vec<KeyUsage>;
     rotation_state() -> Vec<RotationCursor>;
     audit_head() -> Option<(u64, [u8; 32])>;
+    audit_last_recorded() -> Option<i64>;
+    audit_fold_mark(journal: &[u8]) -> u64;
     audit_node(level: u32, index: u64) -> Option<[u8; 32]>;
     audit_entries(after: u64, limit: usize) -> Vec<AuditStored>;
     audit_search(query: &AuditQuery) -> Vec<u64>;

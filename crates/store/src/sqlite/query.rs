@@ -397,6 +397,22 @@ impl ReadTx for SqlTx<'_> {
         }
     }
 
+    fn audit_last_recorded(&mut self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT max(recorded) FROM audit_log")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?)
+    }
+
+    fn audit_fold_mark(&mut self, journal: &[u8]) -> Result<u64, StoreError> {
+        let upto: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT upto FROM audit_fold WHERE journal = ?1")?
+            .query_row([journal], |r| r.get(0))
+            .optional()?;
+        Ok(upto.map_or(0, |u| u as u64))
+    }
+
     fn audit_node(&mut self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
         let mut st = self
             .conn
@@ -704,6 +720,13 @@ impl Tx for SqlTx<'_> {
                 .prepare_cached("DELETE FROM audit_ix_pending")?
                 .execute([])?;
         }
+        Ok(())
+    }
+
+    fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO audit_fold (journal, upto) VALUES (?1, ?2)")?
+            .execute(params![journal, upto as i64])?;
         Ok(())
     }
 

@@ -83,6 +83,12 @@ CREATE TABLE IF NOT EXISTS system_record (
 );
 "#;
 
+/// How far each read journal (`journal.rs`, by its id) is folded into the audit log; written in
+/// the same transaction as the entries folded.
+const AUDIT_FOLD_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS audit_fold (journal BLOB PRIMARY KEY, upto INTEGER NOT NULL);
+"#;
+
 /// Encryption at rest (issue 5): per-patient keys for crypto-shredding, the record of destroyed
 /// ones, and the durable cursor of a data-key rotation.
 const KEYS_SCHEMA: &str = r#"
@@ -137,6 +143,7 @@ pub fn migrate(conn: &Connection, keyring: &Keyring) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     // Version 2 stores gain the key tables in place (3 only adds tables).
     conn.execute_batch(KEYS_SCHEMA)?;
+    conn.execute_batch(AUDIT_FOLD_SCHEMA)?;
     conn.execute_batch(&patient_key_ddl("patient_key"))?;
     conn.execute_batch(super::care::CARE_SCHEMA)?;
     if v != 0 && v < 4 {

@@ -1,0 +1,315 @@
+//! Tests of the read journal on a real SQLite store: reads' entries made durable in the journal
+//! and folded into the log (recomputed here from the entries' bytes with the audit crate), folds
+//! that repeat after a crash, and a journal or a log that cannot be written.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use carevault_audit::chain;
+use carevault_audit::merkle::{self, MemNodes, NodeSource};
+use carevault_crypto::Keyring;
+
+use super::{AuditAppend, AuditKey, append_durably, open, tree_head};
+use crate::backend::Store;
+use crate::error::RestError;
+use crate::open_sqlite;
+use crate::sqlite::SqliteStore;
+
+fn keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::from_data_key(1, &[9u8; 32]).unwrap())
+}
+
+fn entry(text: &str) -> AuditAppend {
+    AuditAppend {
+        recorded_ms: 1_700_000_000_000,
+        canonical: text.as_bytes().to_vec(),
+        keys: vec![AuditKey::Patient(format!("Patient/{text}"))],
+    }
+}
+
+/// Journals `text` as a read's entry and waits until the journal has it on disk.
+fn journal(store: &dyn Store, text: &str) -> Result<(), RestError> {
+    let (send, recv) = std::sync::mpsc::sync_channel(1);
+    store.journal_audit(
+        entry(text).prepare(store.keyring()),
+        Box::new(move |r| send.send(r).unwrap()),
+    );
+    recv.recv().unwrap()
+}
+
+fn journal_file(store_path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(crate::sqlite::journal_path(store_path)).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn journal_rows(store_path: &Path) -> i64 {
+    journal_file(store_path)
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Every stored entry opened, in order.
+fn stored_texts(store: &dyn Store) -> Vec<(u64, [u8; 32], Vec<u8>)> {
+    let mut r = store.reader().unwrap();
+    r.audit_entries(0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let e = open(store.keyring(), s).unwrap();
+            (e.seq, e.chain, e.canonical)
+        })
+        .collect()
+}
+
+/// Recomputes the chain and the tree from the stored entries' bytes with the audit crate, and
+/// checks that every stored chain hash, every complete subtree node, and the root match.
+fn assert_log_is_sound(store: &dyn Store) -> Vec<Vec<u8>> {
+    let entries = stored_texts(store);
+    let mut previous = chain::GENESIS;
+    let mut tree = MemNodes::new();
+    for (i, (seq, stored_chain, canonical)) in entries.iter().enumerate() {
+        assert_eq!(
+            *seq,
+            i as u64 + 1,
+            "sequence numbers are consecutive from 1"
+        );
+        let leaf = merkle::leaf_hash(canonical);
+        previous = chain::chain_hash(&previous, &leaf);
+        assert_eq!(*stored_chain, previous, "chain hash of entry {seq}");
+        tree.push(leaf);
+    }
+    let size = entries.len() as u64;
+    let mut r = store.reader().unwrap();
+    for level in 0..64u32 {
+        let count = size >> level;
+        if count == 0 {
+            break;
+        }
+        for index in 0..count {
+            assert_eq!(
+                r.audit_node(level, index).unwrap(),
+                Some(tree.node(level, index).unwrap()),
+                "stored node at level {level}, index {index}"
+            );
+        }
+        // No node beyond the complete subtrees was stored.
+        assert_eq!(r.audit_node(level, count).unwrap(), None);
+    }
+    assert_eq!(tree_head(&mut *r).unwrap(), (size, tree.root()));
+    entries.into_iter().map(|(_, _, c)| c).collect()
+}
+
+#[test]
+fn journaled_reads_fold_into_one_sound_log_with_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_sqlite(&dir.path().join("store.db"), keyring()).unwrap();
+    // 5 entries appended as writes append theirs (a size with several right-edge nodes).
+    append_durably(
+        &*store,
+        (0..5).map(|i| entry(&format!("before-{i}"))).collect(),
+    )
+    .unwrap();
+    // 8 threads journal 25 reads each, each waiting for its own before the next, while writes
+    // append between them.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    journal(&*store, &format!("read-{t}-{i}")).unwrap();
+                    if t == 0 && i % 5 == 0 {
+                        append_durably(&*store, vec![entry(&format!("write-{i}"))]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    store.settle_audit().unwrap();
+    let texts: Vec<String> = assert_log_is_sound(&*store)
+        .into_iter()
+        .map(|t| String::from_utf8(t).unwrap())
+        .collect();
+    assert_eq!(texts.len(), 5 + 200 + 5);
+    assert_eq!(
+        texts[..5],
+        ["before-0", "before-1", "before-2", "before-3", "before-4"]
+    );
+    // Every read is in the log exactly once, each thread's in the order it made them.
+    for t in 0..8 {
+        let mine: Vec<&String> = texts
+            .iter()
+            .filter(|x| x.starts_with(&format!("read-{t}-")))
+            .collect();
+        let want: Vec<String> = (0..25).map(|i| format!("read-{t}-{i}")).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>(), "thread {t}");
+    }
+    // A read is found by its keys once folded, and its rows are gone from the journal.
+    let mut r = store.reader().unwrap();
+    let q = crate::backend::AuditQuery {
+        tags: vec![vec![
+            AuditKey::Patient("Patient/read-3-7".into()).tag(store.keyring()),
+        ]],
+        limit: 10,
+        ..Default::default()
+    };
+    let found = r.audit_search(&q).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(texts[found[0] as usize - 1], "read-3-7");
+    assert_eq!(journal_rows(&dir.path().join("store.db")), 0);
+}
+
+#[test]
+fn a_fold_repeated_after_a_crash_appends_nothing_twice_and_numbers_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    // No fold thread: folds happen only when asked.
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    for i in 0..10 {
+        journal(&store, &format!("r{i}")).unwrap();
+    }
+    assert_eq!(journal_rows(&path), 10);
+    let saved: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = {
+        let c = journal_file(&path);
+        let mut st = c
+            .prepare("SELECT jseq, recorded, entry, tags FROM journal ORDER BY jseq")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(store.settle_audit().unwrap(), 10);
+    assert_eq!(journal_rows(&path), 0);
+    // A crash after the fold committed but before its rows were deleted: they are back.
+    {
+        let c = journal_file(&path);
+        for (jseq, recorded, sealed, tags) in &saved {
+            c.execute(
+                "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![jseq, recorded, sealed, tags],
+            )
+            .unwrap();
+        }
+    }
+    drop(store);
+    // A new process (no memory of what it folded) opens the store and folds what is left.
+    let store = open_sqlite(&path, keyring()).unwrap();
+    assert_eq!(store.settle_audit().unwrap(), 0);
+    let texts = assert_log_is_sound(&*store);
+    assert_eq!(texts.len(), 10, "nothing was folded twice");
+    assert_eq!(journal_rows(&path), 0);
+    drop(store);
+    // The emptied journal goes on numbering after 10, so new reads are not taken as folded.
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    for i in 10..13 {
+        journal(&store, &format!("r{i}")).unwrap();
+    }
+    let numbers: Vec<i64> = {
+        let c = journal_file(&path);
+        let mut st = c.prepare("SELECT jseq FROM journal ORDER BY jseq").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(numbers, vec![11, 12, 13]);
+    assert_eq!(store.settle_audit().unwrap(), 3);
+    let texts = assert_log_is_sound(&store);
+    assert_eq!(texts.last().unwrap(), b"r12");
+}
+
+#[test]
+fn a_journal_entry_removed_or_altered_before_its_fold_is_named_and_nothing_is_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    for i in 0..3 {
+        journal(&store, &format!("r{i}")).unwrap();
+    }
+    store.settle_audit().unwrap();
+    for i in 3..6 {
+        journal(&store, &format!("r{i}")).unwrap();
+    }
+    // Entry 5 is deleted: 4 and 6 must not be folded around the gap.
+    journal_file(&path)
+        .execute("DELETE FROM journal WHERE jseq = 5", [])
+        .unwrap();
+    let err = store.settle_audit().unwrap_err().to_string();
+    assert!(
+        err.contains("read journal entries 5 to 5 are missing"),
+        "{err}"
+    );
+    assert_eq!(assert_log_is_sound(&store).len(), 3);
+    // Entry 4 is altered (one byte of its sealed bytes): named, nothing folded.
+    journal_file(&path)
+        .execute(
+            "UPDATE journal SET entry = CAST(substr(entry, 1, 20) || x'00' || substr(entry, 22) AS BLOB) WHERE jseq = 4",
+            [],
+        )
+        .unwrap();
+    let err = store.settle_audit().unwrap_err().to_string();
+    assert!(
+        err.contains("read journal entry 4") && err.contains("cannot be opened"),
+        "{err}"
+    );
+    assert_eq!(assert_log_is_sound(&store).len(), 3);
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_written_keeps_the_entries()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    journal(&store, "ok-0").unwrap();
+    // The journal refuses inserts, as a full disk would refuse a page: the read fails.
+    let jf = journal_file(&path);
+    jf.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+    )
+    .unwrap();
+    let err = journal(&store, "doomed").unwrap_err().to_string();
+    assert!(err.contains("the disk is full"), "{err}");
+    jf.execute_batch("DROP TRIGGER full;").unwrap();
+    journal(&store, "ok-1").unwrap();
+
+    // The log refuses its entries: the fold fails whole and the entries wait in the journal.
+    let admin = rusqlite::Connection::open(&path).unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log WHEN NEW.seq = 2 \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    assert!(store.settle_audit().is_err());
+    assert_eq!(
+        assert_log_is_sound(&store).len(),
+        0,
+        "the fold left no entry"
+    );
+    assert_eq!(journal_rows(&path), 2);
+    admin.execute_batch("DROP TRIGGER refuse;").unwrap();
+    assert_eq!(store.settle_audit().unwrap(), 2);
+    assert_eq!(
+        assert_log_is_sound(&store),
+        vec![b"ok-0".to_vec(), b"ok-1".to_vec()]
+    );
+}
+
+#[test]
+fn closing_the_store_folds_what_was_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    for i in 0..7 {
+        journal(&store, &format!("r{i}")).unwrap();
+    }
+    drop(store);
+    assert_eq!(journal_rows(&path), 0);
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    assert_eq!(assert_log_is_sound(&store).len(), 7);
+}

@@ -1,0 +1,379 @@
+//! The read journal: a second, small SQLite file beside the store where the audit entries of
+//! reads become durable before their answers leave.
+//!
+//! Every commit to the main database makes every reader connection drop its page cache (SQLite
+//! cannot tell which pages changed), so appending each read's entry to `audit_log` made every
+//! other read start from cold pages. Reads' entries therefore commit here, group-committed by
+//! this file's own writer thread (one fsync per group), and are folded into the log — chain,
+//! Merkle nodes, search keys — in large batches by [`crate::audit_log::fold_journal`]: every
+//! [`super::FOLD_SPACING`] and before anything reads the log. Writes keep appending their
+//! entries in their own transaction.
+//!
+//! A fold is idempotent: the main database records, in the transaction that appends the folded
+//! entries, the journal's id and the last journal number folded (`audit_fold`), and a fold skips
+//! what is at or below that mark. Rows are deleted from the journal only after their fold
+//! committed, so a crash anywhere loses nothing and folds nothing twice, and no atomic commit
+//! across the two files is needed. Journal numbers come from `AUTOINCREMENT` and are never
+//! reused; the journal's random id tells a recreated journal from the one a mark belongs to.
+//!
+//! Entries are sealed under the data key to `audit-journal/<id>/<number>`, so a row cannot be
+//! moved to another number or journal without its opening failing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use carevault_crypto::random::{Random, SystemRng};
+use carevault_crypto::{BLIND_LEN, BlindTag, Keyring};
+use rusqlite::{Connection, params};
+
+use crate::audit_log::{JournalDone, PreparedAppend};
+use crate::error::{RestError, StoreError};
+
+/// How many entries one journal commit carries at most.
+const MAX_GROUP: usize = 4096;
+/// Entries journaled but not yet folded beyond which new ones are refused: a log that cannot
+/// keep up (or cannot be written) must stop reads rather than let the journal grow without end.
+pub(crate) const MAX_BACKLOG: u64 = 262_144;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS journal (
+    jseq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a fold mark stays meaningful
+    recorded INTEGER NOT NULL,
+    entry BLOB NOT NULL,                     -- canonical bytes sealed to audit-journal/<id>/<jseq>
+    tags BLOB NOT NULL                       -- the blind tags of its search keys, concatenated
+);
+CREATE TABLE IF NOT EXISTS journal_meta (id BLOB NOT NULL);
+";
+
+/// A journaled entry read back, opened and hashed, ready to be folded.
+#[derive(Debug)]
+pub struct JournalRow {
+    /// Its number in the journal, from 1.
+    pub jseq: u64,
+    /// The entry.
+    pub entry: PreparedAppend,
+}
+
+/// The journal file `carevault.db` keeps beside itself: `carevault.audit-journal.db`.
+pub(crate) fn journal_path(store: &Path) -> PathBuf {
+    let stem = store
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    store.with_file_name(format!("{stem}.audit-journal.db"))
+}
+
+/// The identity an entry is sealed to.
+fn identity(id: &[u8; 16], jseq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"audit-journal/");
+    for b in id {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out.extend_from_slice(format!("/{jseq}").as_bytes());
+    out
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(PreparedAppend, JournalDone)>,
+    closed: bool,
+}
+
+type Shared = Arc<(Mutex<Queue>, Condvar)>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a thread panicked while holding it; the queue stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The journal of one store: its writer thread and a side connection for folds and pruning.
+pub(crate) struct ReadJournal {
+    id: [u8; 16],
+    keyring: Arc<Keyring>,
+    queue: Shared,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    side: Mutex<Connection>,
+    /// The highest journal number this process has made durable.
+    durable: Arc<AtomicU64>,
+    /// The highest journal number known to be folded into the log.
+    folded: AtomicU64,
+}
+
+impl std::fmt::Debug for ReadJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadJournal").finish_non_exhaustive()
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(super::BUSY_TIMEOUT_MS))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; \
+         PRAGMA journal_size_limit=16777216;",
+    )?;
+    Ok(conn)
+}
+
+impl ReadJournal {
+    /// Opens (creating if needed) the journal beside the store file `store`, and starts its
+    /// writer thread.
+    pub(crate) fn open(store: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+        let path = journal_path(store);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let conn = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| open_err(e.to_string()))?;
+        let id = journal_id(&conn).map_err(|e| open_err(e.to_string()))?;
+        let side = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
+        // Deletions of folded rows need not survive a crash: the fold mark already skips them.
+        side.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| open_err(e.to_string()))?;
+        let queue: Shared = Arc::default();
+        let durable = Arc::new(AtomicU64::new(0));
+        let (q, d, k) = (queue.clone(), durable.clone(), keyring.clone());
+        let writer = std::thread::Builder::new()
+            .name("carevault-audit-journal".into())
+            .spawn(move || writer_loop(conn, &q, &d, &k, id))
+            .map_err(|e| open_err(format!("the journal thread could not start: {e}")))?;
+        Ok(ReadJournal {
+            id,
+            keyring,
+            queue,
+            writer: Mutex::new(Some(writer)),
+            side: Mutex::new(side),
+            durable,
+            folded: AtomicU64::new(0),
+        })
+    }
+
+    /// The journal's random id, which fold marks name.
+    pub(crate) fn id(&self) -> &[u8; 16] {
+        &self.id
+    }
+
+    /// Queues `entry`; `done` is called on the journal's thread once it is durable, or with the
+    /// error that kept it from being written. Refuses at once when the log is too far behind.
+    pub(crate) fn append(&self, entry: PreparedAppend, done: JournalDone) {
+        let backlog = self
+            .durable
+            .load(Ordering::Acquire)
+            .saturating_sub(self.folded.load(Ordering::Acquire));
+        if backlog >= MAX_BACKLOG {
+            done(Err(RestError::Store(format!(
+                "{backlog} audit entries of reads are waiting to join the audit log, which is not keeping up"
+            ))));
+            return;
+        }
+        let (m, cv) = &*self.queue;
+        let mut q = lock(m);
+        if q.closed {
+            drop(q);
+            done(Err(RestError::Store("the audit journal is closed".into())));
+            return;
+        }
+        q.waiting.push((entry, done));
+        cv.notify_one();
+    }
+
+    /// Whether this process has journaled entries that are not known to be folded.
+    pub(crate) fn has_unfolded(&self) -> bool {
+        self.durable.load(Ordering::Acquire) > self.folded.load(Ordering::Acquire)
+    }
+
+    /// Up to `limit` journaled entries after the last one known to be folded, in journal
+    /// order, opened and hashed. An entry that cannot be opened is an integrity error naming it.
+    pub(crate) fn pending(&self, limit: usize) -> Result<Vec<JournalRow>, StoreError> {
+        let after = self.folded.load(Ordering::Acquire);
+        let stored: Vec<(u64, i64, Vec<u8>, Vec<u8>)> = {
+            let side = lock(&self.side);
+            let mut stmt = side.prepare_cached(
+                "SELECT jseq, recorded, entry, tags FROM journal WHERE jseq > ?1 ORDER BY jseq LIMIT ?2",
+            )?;
+            stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        stored
+            .into_iter()
+            .map(|(jseq, recorded_ms, sealed, tags)| {
+                let bad = |what: String| {
+                    StoreError::Integrity(format!(
+                        "read journal entry {jseq} (not yet in the audit log) {what}"
+                    ))
+                };
+                let canonical = self
+                    .keyring
+                    .open(&identity(&self.id, jseq), &sealed)
+                    .map_err(|e| bad(format!("cannot be opened: {e}")))?;
+                if tags.len() % BLIND_LEN != 0 {
+                    return Err(bad("has malformed search keys".into()));
+                }
+                let tags = tags
+                    .chunks_exact(BLIND_LEN)
+                    .map(|c| {
+                        let mut t: BlindTag = [0; BLIND_LEN];
+                        t.copy_from_slice(c);
+                        t
+                    })
+                    .collect();
+                Ok(JournalRow {
+                    jseq,
+                    entry: PreparedAppend {
+                        recorded_ms,
+                        leaf: carevault_audit::merkle::leaf_hash(&canonical),
+                        canonical,
+                        tags,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Records that entries up to `jseq` are in the log, and deletes them from the journal.
+    pub(crate) fn folded_up_to(&self, jseq: u64) -> Result<(), StoreError> {
+        self.folded.fetch_max(jseq, Ordering::AcqRel);
+        lock(&self.side)
+            .prepare_cached("DELETE FROM journal WHERE jseq <= ?1")?
+            .execute([jseq as i64])?;
+        Ok(())
+    }
+
+    /// Checks that an entry could be journaled now: inserts a probe row and rolls it back.
+    pub(crate) fn probe(&self) -> Result<(), StoreError> {
+        let side = lock(&self.side);
+        side.execute_batch("SAVEPOINT probe")?;
+        let inserted = side
+            .prepare_cached(
+                "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (-1, 0, x'', x'')",
+            )
+            .and_then(|mut st| st.execute([]));
+        side.execute_batch("ROLLBACK TO probe; RELEASE probe;")?;
+        inserted?;
+        Ok(())
+    }
+
+    /// Writes what is queued, refuses anything queued later, and stops the writer thread.
+    pub(crate) fn close(&self) {
+        {
+            let (m, cv) = &*self.queue;
+            lock(m).closed = true;
+            cv.notify_all();
+        }
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The journal's id, made on first open.
+fn journal_id(conn: &Connection) -> Result<[u8; 16], StoreError> {
+    let existing: Option<Vec<u8>> = conn
+        .query_row("SELECT id FROM journal_meta LIMIT 1", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })?;
+    if let Some(v) = existing {
+        return v
+            .try_into()
+            .map_err(|_| StoreError::Integrity("the audit journal's id is not 16 bytes".into()));
+    }
+    let mut id = [0u8; 16];
+    SystemRng::new()
+        .fill(&mut id)
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    conn.execute("INSERT INTO journal_meta (id) VALUES (?1)", [&id[..]])?;
+    Ok(id)
+}
+
+fn writer_loop(
+    conn: Connection,
+    queue: &Shared,
+    durable: &AtomicU64,
+    keyring: &Keyring,
+    id: [u8; 16],
+) {
+    let (m, cv) = &**queue;
+    loop {
+        let group: Vec<(PreparedAppend, JournalDone)> = {
+            let mut q = lock(m);
+            while q.waiting.is_empty() && !q.closed {
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.waiting.is_empty() {
+                break;
+            }
+            let n = q.waiting.len().min(MAX_GROUP);
+            q.waiting.drain(..n).collect()
+        };
+        let (entries, dones): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        match write_group(&conn, keyring, &id, &entries) {
+            Ok(last) => {
+                durable.fetch_max(last, Ordering::AcqRel);
+                for done in dones {
+                    done(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the audit journal could not be written");
+                let text = e.to_string();
+                for done in dones {
+                    done(Err(RestError::Store(text.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Appends `entries` in one transaction (one fsync); returns the last journal number.
+fn write_group(
+    conn: &Connection,
+    keyring: &Keyring,
+    id: &[u8; 16],
+    entries: &[PreparedAppend],
+) -> Result<u64, StoreError> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let written = insert_group(conn, keyring, id, entries)
+        .and_then(|last| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(|_| last)?));
+    if written.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+fn insert_group(
+    conn: &Connection,
+    keyring: &Keyring,
+    id: &[u8; 16],
+    entries: &[PreparedAppend],
+) -> Result<u64, StoreError> {
+    let last: i64 = conn
+        .prepare_cached(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let mut jseq = last as u64;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut tags = Vec::new();
+    for e in entries {
+        jseq += 1;
+        let sealed = keyring.seal(&identity(id, jseq), &e.canonical)?;
+        tags.clear();
+        for t in &e.tags {
+            tags.extend_from_slice(t);
+        }
+        insert.execute(params![jseq as i64, e.recorded_ms, sealed, tags])?;
+    }
+    Ok(jseq)
+}
