@@ -29,8 +29,8 @@ CREATE TABLE IF NOT EXISTS ver (
     method TEXT NOT NULL,
     body BLOB NOT NULL,
     -- The ids (without 'Patient/') of the patients in whose compartment the version is, joined by
-    -- single spaces ('' for none and for deletions), so a read learns them without opening and
-    -- parsing the body; NULL when not recorded (versions written before schema version 5).
+    -- single spaces ('' for none and for deletions), so a read learns them without parsing the
+    -- body; NULL when not recorded (versions written before schema version 5).
     -- In clear on purpose: these are server-assigned ids, not PHI, and ix_ref already holds them
     -- in clear for every reference.
     patients TEXT,
