@@ -37,6 +37,11 @@ pub struct VersionRecord {
     pub method: String,
     /// Sealed JSON body (empty for deletions).
     pub sealed: Vec<u8>,
+    /// The ids (without `Patient/`) of the patients in whose compartment this version is, as
+    /// recorded when it was written (in the order `carevault_fhir::patient_compartment_refs`
+    /// gives them; empty for deletions). `None` when the store did not record them (versions
+    /// written before the store kept them): work them out from the body then.
+    pub patients: Option<Vec<String>>,
 }
 
 /// Names a search parameter of one resource type; the backend maps it to its own small id.
@@ -139,6 +144,10 @@ pub struct NewVersion {
     /// The care relationships this version states (types in [`crate::care::TRACKED_TYPES`]);
     /// they replace the resource's previous rows. `None` for other types and deletions.
     pub care: Option<CareRows>,
+    /// The ids (without `Patient/`) of the patients in whose compartment this version is, as
+    /// `carevault_fhir::patient_compartment_refs` gives them for the stamped JSON (empty for
+    /// deletions); stored with the version so reads need not parse the body to learn them.
+    pub patients: Vec<String>,
 }
 
 /// A store table holding sealed values, described so one generic routine can count and

@@ -372,11 +372,14 @@ fn a_store_from_before_the_tables_is_backfilled_when_opened() {
         );
         rest.delete("Encounter", "e2").unwrap();
     }
-    // Make it a version 3 store: no care tables.
+    // Make it a version 3 store: no care tables, no recorded patients.
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("DROP TABLE care_rel; DROP TABLE care_actor; PRAGMA user_version=3;")
-            .unwrap();
+        c.execute_batch(
+            "DROP TABLE care_rel; DROP TABLE care_actor; ALTER TABLE ver DROP COLUMN patients;
+             PRAGMA user_version=3;",
+        )
+        .unwrap();
     }
     let rest = Rest::new(open_sqlite(&path, keyring()).unwrap());
     let p = probe(&rest);
@@ -397,7 +400,7 @@ fn a_store_from_before_the_tables_is_backfilled_when_opened() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
 }
 
 #[test]

@@ -27,9 +27,11 @@ pub struct Stored {
     /// The resource JSON including `meta`, exactly as stored.
     pub json: Vec<u8>,
     /// The ids (without `Patient/`) of the patients in whose compartment this version is, when
-    /// the store worked them out: a read or vread whose visibility depends on the patient does,
-    /// once, for its visibility decision, and the caller's audit entry reuses them. `None` when
-    /// it did not.
+    /// the store knows them: as recorded with the version when it was written (see
+    /// [`VersionRecord::patients`]), or else as worked out from the JSON by a read or vread
+    /// whose visibility depends on the patient; the caller's audit entry reuses them. `None`
+    /// when neither (a version written before the store recorded them, read by a caller who
+    /// sees the whole type): the caller works them out from `json` if it needs them.
     pub patients: Option<Vec<String>>,
 }
 
@@ -128,8 +130,9 @@ pub fn open_sealed(
     }
 }
 
-/// Decrypts a stored version. A version whose patient key was destroyed answers 410 Gone; one
-/// that fails its integrity check answers 500 and is logged without content.
+/// Decrypts a stored version, carrying the patients recorded with it. A version whose patient
+/// key was destroyed answers 410 Gone; one that fails its integrity check answers 500 and is
+/// logged without content.
 pub fn open_record(
     tx: &mut dyn ReadTx,
     keyring: &Keyring,
@@ -159,7 +162,7 @@ pub fn open_record(
         version: rec.version,
         last_updated_ms: rec.last_updated_ms,
         json,
-        patients: None,
+        patients: rec.patients.clone(),
     })
 }
 
@@ -196,8 +199,15 @@ pub fn put_new_version(
 /// The one patient whose compartment holds `resource` (its own id for a Patient), if exactly
 /// one: that patient's key seals it. Resources in no or several compartments use the data key.
 pub fn key_owner(rtype: &str, resource: &Value) -> Option<String> {
-    let mut refs = carevault_fhir::patient_compartment_refs(rtype, resource);
-    if refs.len() == 1 { refs.pop() } else { None }
+    owner_of(&carevault_fhir::patient_compartment_refs(rtype, resource))
+}
+
+/// [`key_owner`] from the compartment's patients, already worked out.
+fn owner_of(patients: &[String]) -> Option<String> {
+    match patients {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
 }
 
 /// A new server-assigned id.
@@ -279,7 +289,9 @@ pub fn prepare(
     let json = serde_json::to_vec(&resource)
         .map_err(|e| RestError::Store(format!("serialising failed: {e}")))?;
     let index = indexing::index_rows(keyring, rtype, &resource);
-    let owner = key_owner(rtype, &resource);
+    // Worked out once: it picks the sealing key and is stored with the version for readers.
+    let patients = carevault_fhir::patient_compartment_refs(rtype, &resource);
+    let owner = owner_of(&patients);
     // A patient's key may have to be created, which only the write transaction can do.
     let (sealed, pending) = match owner {
         Some(_) => (Vec::new(), Some(json.clone())),
@@ -300,6 +312,7 @@ pub fn prepare(
         owner,
         pending,
         care: crate::care::derive(rtype, &resource, now_ms),
+        patients: patients.clone(),
     };
     Ok((
         nv,
@@ -309,7 +322,7 @@ pub fn prepare(
             version,
             last_updated_ms: now_ms,
             json,
-            patients: None,
+            patients: Some(patients),
         },
     ))
 }
@@ -421,6 +434,7 @@ pub fn delete_in_tx(
         owner: None,
         pending: None,
         care: None,
+        patients: Vec::new(),
     };
     tx.put_version(&nv)?;
     Ok(Some(nv.version))
@@ -874,6 +888,7 @@ pub fn patch_in_tx(
             deleted: false,
             method: String::new(),
             sealed: Vec::new(),
+            patients: None,
         }),
         if_match,
         rtype,

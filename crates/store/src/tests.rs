@@ -1771,3 +1771,316 @@ fn audit_visit_lends_the_rows_audit_entries_reads() {
     // The reader still works afterwards (the visit put the connection back to normal reads).
     assert_eq!(r.audit_entries(0, 100).unwrap().len(), 40);
 }
+
+// The patients recorded with each version (`ver.patients`): reads learn a version's Patient
+// compartment from them instead of parsing its JSON.
+
+/// What `patient_compartment_refs` gives for a returned version's JSON.
+fn compartment_of(s: &crate::Stored) -> Vec<String> {
+    carevault_fhir::patient_compartment_refs(&s.rtype, &body(s))
+}
+
+/// Sees patients `ids` only; Practitioners whole.
+fn only_patients(ids: &[&str]) -> crate::Visibility {
+    let set: Arc<std::collections::HashSet<String>> =
+        Arc::new(ids.iter().map(|p| (*p).to_owned()).collect());
+    crate::Visibility::restricted(Arc::new(move |_, t: &str| match t {
+        "Practitioner" => crate::Access::All,
+        _ => crate::Access::Patients(set.clone()),
+    }))
+}
+
+fn pulse(subject: &str, performer: Option<&str>) -> Value {
+    let mut o = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/{subject}")}});
+    if let Some(p) = performer {
+        o["performer"] = json!([{"reference": p}]);
+    }
+    o
+}
+
+/// Two patients `pa` and `pb`, an Observation of `pa` only, one of both, and a Practitioner.
+fn compartment_fixture(rest: &Rest) -> (String, String, String) {
+    for p in ["pa", "pb"] {
+        rest.update(
+            "Patient",
+            p,
+            json!({"resourceType": "Patient", "id": p, "gender": "other"}),
+            None,
+        )
+        .unwrap();
+    }
+    let own = rest.create("Observation", pulse("pa", None), None).unwrap();
+    let both = rest
+        .create("Observation", pulse("pa", Some("Patient/pb")), None)
+        .unwrap();
+    let prac = rest
+        .create(
+            "Practitioner",
+            json!({"resourceType": "Practitioner"}),
+            None,
+        )
+        .unwrap();
+    (own.stored.id, both.stored.id, prac.stored.id)
+}
+
+fn sql(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+#[test]
+fn unrestricted_reads_carry_the_patients_recorded_at_write_time() {
+    let (_d, rest) = setup();
+    let (own, both, prac) = compartment_fixture(&rest);
+    let mut obs = pulse("pb", None);
+    obs["id"] = json!(own);
+    rest.update("Observation", &own, obs, None).unwrap();
+    let gone = rest.create("Observation", pulse("pa", None), None).unwrap();
+    rest.delete("Observation", &gone.stored.id).unwrap();
+
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("Patient", "pa", &["pa"]),
+        ("Observation", &own, &["pb"]),
+        ("Observation", &both, &["pa", "pb"]),
+        ("Practitioner", &prac, &[]),
+    ];
+    for (rtype, id, want) in cases {
+        let s = rest.read(rtype, id).unwrap();
+        // In the order patient_compartment_refs gives them (that of the compartment's params).
+        let parsed = compartment_of(&s);
+        assert_eq!(sorted(parsed.clone()), want, "{rtype}/{id}");
+        assert_eq!(s.patients, Some(parsed), "read {rtype}/{id}");
+    }
+    // An older version keeps its own patients.
+    let v1 = rest.vread("Observation", &own, "1").unwrap();
+    assert_eq!(v1.patients, Some(vec!["pa".to_owned()]));
+    assert_eq!(v1.patients, Some(compartment_of(&v1)));
+    let v2 = rest.vread("Observation", &own, "2").unwrap();
+    assert_eq!(v2.patients, Some(compartment_of(&v2)));
+    assert_eq!(
+        rest.vread("Practitioner", &prac, "1").unwrap().patients,
+        Some(Vec::new())
+    );
+    // The records history reads carry them; a deletion has none.
+    let store = rest.store().clone();
+    let mut r = store.reader().unwrap();
+    let recs = r
+        .history(crate::backend::HistoryScope::System, None, 0, 100)
+        .unwrap();
+    assert_eq!(recs.len(), 8);
+    for rec in &recs {
+        if rec.deleted {
+            assert_eq!(rec.patients, Some(Vec::new()), "{}/{}", rec.rtype, rec.id);
+            continue;
+        }
+        let s = crate::rest::open_record(&mut *r, store.keyring(), rec).unwrap();
+        assert_eq!(s.patients, rec.patients);
+        assert_eq!(
+            rec.patients,
+            Some(compartment_of(&s)),
+            "{}/{}/_history/{}",
+            rec.rtype,
+            rec.id,
+            rec.version
+        );
+    }
+    // A write hands back the patients it recorded.
+    let w = rest.create("Observation", pulse("pb", None), None).unwrap();
+    assert_eq!(w.stored.patients, Some(vec!["pb".to_owned()]));
+}
+
+#[test]
+fn restricted_reads_decide_on_the_recorded_patients_and_parse_when_none_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let keyring = Arc::new(Keyring::from_data_key(1, &[7u8; 32]).unwrap());
+    let (own, both) = {
+        let rest = Rest::new(open_sqlite(&path, keyring.clone()).unwrap());
+        let (own, both, _) = compartment_fixture(&rest);
+        let a = rest.restricted(only_patients(&["pa"]));
+        assert_eq!(
+            a.read("Observation", &own).unwrap().patients,
+            Some(vec!["pa".to_owned()])
+        );
+        assert!(matches!(
+            a.read("Observation", &both),
+            Err(RestError::NotFound { .. })
+        ));
+        (own, both)
+    };
+    let rid_of = |id: &str| -> i64 {
+        sql(&path)
+            .query_row("SELECT rid FROM res WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    };
+    let (own_rid, both_rid) = (rid_of(&own), rid_of(&both));
+    // The recorded column is what decides: claim pb's compartment for pa's Observation.
+    sql(&path)
+        .execute("UPDATE ver SET patients = 'pb' WHERE rid = ?1", [own_rid])
+        .unwrap();
+    {
+        let rest = Rest::new(open_sqlite(&path, keyring.clone()).unwrap());
+        assert!(matches!(
+            rest.restricted(only_patients(&["pa"]))
+                .read("Observation", &own),
+            Err(RestError::NotFound { .. })
+        ));
+        assert_eq!(
+            rest.restricted(only_patients(&["pb"]))
+                .read("Observation", &own)
+                .unwrap()
+                .patients,
+            Some(vec!["pb".to_owned()])
+        );
+    }
+    // Not recorded (NULL): restricted callers parse the JSON, unrestricted ones get None.
+    let n = sql(&path)
+        .execute(
+            "UPDATE ver SET patients = NULL WHERE rid IN (?1, ?2)",
+            [own_rid, both_rid],
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    let rest = Rest::new(open_sqlite(&path, keyring).unwrap());
+    let a = rest.restricted(only_patients(&["pa"]));
+    let s = a.read("Observation", &own).unwrap();
+    assert_eq!(s.patients, Some(vec!["pa".to_owned()]));
+    assert_eq!(s.json, rest.read("Observation", &own).unwrap().json);
+    assert_eq!(
+        a.vread("Observation", &own, "1").unwrap().patients,
+        Some(vec!["pa".to_owned()])
+    );
+    assert!(matches!(
+        a.read("Observation", &both),
+        Err(RestError::NotFound { .. })
+    ));
+    let mut ps = rest
+        .restricted(only_patients(&["pa", "pb"]))
+        .read("Observation", &both)
+        .unwrap()
+        .patients
+        .unwrap();
+    ps.sort();
+    assert_eq!(ps, ["pa", "pb"]);
+    assert_eq!(rest.read("Observation", &own).unwrap().patients, None);
+    assert_eq!(
+        rest.vread("Observation", &both, "1").unwrap().patients,
+        None
+    );
+    // Rows still recorded are unaffected.
+    assert_eq!(
+        rest.read("Patient", "pa").unwrap().patients,
+        Some(vec!["pa".to_owned()])
+    );
+    // A restricted history shows the same versions either way.
+    let h = a
+        .history(&HistoryRequest {
+            rtype: Some("Observation"),
+            id: None,
+            params: &[],
+            base_url: BASE,
+        })
+        .unwrap();
+    let shown: Vec<&str> = h["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, [own.as_str()]);
+}
+
+#[test]
+fn a_version_4_store_migrates_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let keyring = Arc::new(Keyring::from_data_key(1, &[7u8; 32]).unwrap());
+    let (own, both) = {
+        let rest = Rest::new(open_sqlite(&path, keyring.clone()).unwrap());
+        let (own, both, _) = compartment_fixture(&rest);
+        (own, both)
+    };
+    let version = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    {
+        let c = sql(&path);
+        assert_eq!(version(&c), 5);
+        c.execute_batch("ALTER TABLE ver DROP COLUMN patients; PRAGMA user_version=4;")
+            .unwrap();
+    }
+    let rest = Rest::new(open_sqlite(&path, keyring.clone()).unwrap());
+    {
+        let c = sql(&path);
+        assert_eq!(version(&c), 5);
+        let (all, unrecorded): (i64, i64) = c
+            .query_row("SELECT count(*), sum(patients IS NULL) FROM ver", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((all, unrecorded), (5, 5));
+    }
+    let a = rest.restricted(only_patients(&["pa"]));
+    assert_eq!(
+        a.read("Observation", &own).unwrap().patients,
+        Some(vec!["pa".to_owned()])
+    );
+    assert!(matches!(
+        a.read("Observation", &both),
+        Err(RestError::NotFound { .. })
+    ));
+    assert_eq!(rest.read("Observation", &own).unwrap().patients, None);
+    assert_eq!(
+        body(&rest.read("Observation", &both).unwrap())["performer"][0]["reference"],
+        "Patient/pb"
+    );
+    // Versions written after the migration are recorded.
+    let mut obs = pulse("pa", None);
+    obs["id"] = json!(own);
+    rest.update("Observation", &own, obs, None).unwrap();
+    assert_eq!(
+        rest.read("Observation", &own).unwrap().patients,
+        Some(vec!["pa".to_owned()])
+    );
+    assert_eq!(rest.vread("Observation", &own, "1").unwrap().patients, None);
+    drop(rest);
+    // Opening it again does not migrate again.
+    let rest = Rest::new(open_sqlite(&path, keyring).unwrap());
+    assert_eq!(
+        rest.read("Observation", &own).unwrap().patients,
+        Some(vec!["pa".to_owned()])
+    );
+}
+
+#[test]
+fn erasing_a_patient_leaves_its_versions_reading_as_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let keyring = Arc::new(Keyring::from_data_key(1, &[7u8; 32]).unwrap());
+    let rest = Rest::new(open_sqlite(&path, keyring).unwrap());
+    let (own, both, _) = compartment_fixture(&rest);
+    let erased = crate::keys::erase_patient(&**rest.store(), "pa", "test").unwrap();
+    // Patient pa and its own Observation were under pa's key; the shared one was not.
+    assert_eq!((erased.resources, erased.versions), (2, 2));
+    assert!(matches!(
+        rest.read("Patient", "pa"),
+        Err(RestError::Gone { .. })
+    ));
+    assert!(matches!(
+        rest.read("Observation", &own),
+        Err(RestError::Gone { .. })
+    ));
+    let mut ps = rest.read("Observation", &both).unwrap().patients.unwrap();
+    ps.sort();
+    assert_eq!(ps, ["pa", "pb"]);
+    let c = sql(&path);
+    let erased_rows: Vec<(i64, String)> = c
+        .prepare("SELECT deleted, patients FROM ver WHERE length(body) = 0")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(erased_rows, [(1, String::new()), (1, String::new())]);
+}

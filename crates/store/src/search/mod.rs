@@ -1040,11 +1040,12 @@ pub(crate) fn version_visible(
 /// Opens a version with content (not a deletion) when the caller may read it, `None` when it may
 /// not (then, for a type the caller cannot reach at all, without opening it).
 ///
-/// When the caller's access to the type depends on the patient, the version is opened and its
-/// Patient compartment worked out once, and the result carries the patients that decided (in
-/// [`Stored::patients`]) for the caller's audit entry; JSON that cannot be read is then not
-/// visible. A caller who sees the whole type gets the version as stored, its patients not worked
-/// out (`None`).
+/// When the caller's access to the type depends on the patient, the patients recorded with the
+/// version ([`VersionRecord::patients`]) decide, without parsing the JSON; a version written
+/// before the store recorded them is parsed and its Patient compartment worked out once, and JSON
+/// that cannot be read is then not visible. Either way the result carries the patients that
+/// decided (in [`Stored::patients`]) for the caller's audit entry. A caller who sees the whole
+/// type gets the version as stored, with the recorded patients (`None` when there are none).
 pub(crate) fn open_visible(
     r: &mut dyn ReadTx,
     keyring: &Keyring,
@@ -1054,14 +1055,22 @@ pub(crate) fn open_visible(
     let access = vis.access(Op::Read, &rec.rtype);
     match access {
         visibility::Access::Hidden => return Ok(None),
+        // open_record carries rec.patients.
         visibility::Access::All => return open_record(r, keyring, rec).map(Some),
         visibility::Access::Patients(_) => {}
     }
+    // Opened before deciding, as when the decision parses it: a destroyed key still answers
+    // 410 and a broken record 500, whoever asks.
     let mut s = open_record(r, keyring, rec)?;
-    let Ok(v) = serde_json::from_slice::<Value>(&s.json) else {
-        return Ok(None);
+    let patients = match s.patients.take() {
+        Some(recorded) => recorded,
+        None => {
+            let Ok(v) = serde_json::from_slice::<Value>(&s.json) else {
+                return Ok(None);
+            };
+            carevault_fhir::patient_compartment_refs(&rec.rtype, &v)
+        }
     };
-    let patients = carevault_fhir::patient_compartment_refs(&rec.rtype, &v);
     if !access.admits(&patients) {
         return Ok(None);
     }

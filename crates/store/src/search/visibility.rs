@@ -318,8 +318,12 @@ mod tests {
             a.read("Observation", &gone),
             Err(RestError::Gone { version: 2, .. })
         ));
-        // A type seen whole carries no patients (none were worked out); a hidden one is absent.
-        assert_eq!(a.read("Practitioner", &prac).unwrap().patients, None);
+        // A type seen whole carries the patients recorded with the version (a Practitioner is in
+        // nobody's compartment); a hidden one is absent.
+        assert_eq!(
+            a.read("Practitioner", &prac).unwrap().patients,
+            Some(Vec::new())
+        );
         let events = rest.restricted(Visibility::restricted(Arc::new(|_, _: &str| {
             Access::Hidden
         })));
@@ -368,8 +372,11 @@ mod tests {
         ];
         want.sort();
         assert_eq!(shown, want);
-        // Unrestricted reads leave the patients to the caller.
-        assert_eq!(rest.read("Observation", &own).unwrap().patients, None);
+        // Unrestricted reads carry the patients recorded with the version.
+        assert_eq!(
+            rest.read("Observation", &own).unwrap().patients,
+            Some(vec!["a".to_owned()])
+        );
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub(crate) fn backfill(conn: &Connection, keyring: &Keyring) -> Result<u64, Stor
             deleted: false,
             method: String::new(),
             sealed: row.get(5)?,
+            patients: None,
         };
         let mut tx = super::SqlTx::new(conn);
         let stored = match crate::rest::open_record(&mut tx, keyring, &rec) {

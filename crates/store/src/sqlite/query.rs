@@ -87,7 +87,26 @@ fn pid(p: &ParamRef) -> i64 {
 }
 
 const VERSION_COLS: &str =
-    "r.rid, r.rtype, r.id, v.version, v.last_updated, v.deleted, v.method, v.body";
+    "r.rid, r.rtype, r.id, v.version, v.last_updated, v.deleted, v.method, v.body, v.patients";
+
+/// The `ver.patients` column of a version's compartment patients: the ids joined by single
+/// spaces (FHIR ids cannot hold one), `''` for none. `NULL` (readers then parse the body) when
+/// an id could not be read back unchanged: an empty one, or one holding a space.
+fn encode_patients(patients: &[String]) -> Option<String> {
+    if patients.iter().any(|p| p.is_empty() || p.contains(' ')) {
+        return None;
+    }
+    Some(patients.join(" "))
+}
+
+/// The inverse of [`encode_patients`]: `None` for `NULL` (not recorded).
+fn decode_patients(column: Option<String>) -> Option<Vec<String>> {
+    let column = column?;
+    if column.is_empty() {
+        return Some(Vec::new());
+    }
+    Some(column.split(' ').map(str::to_owned).collect())
+}
 
 fn version_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
     Ok(VersionRecord {
@@ -99,6 +118,7 @@ fn version_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
         deleted: row.get::<_, i64>(5)? != 0,
         method: row.get(6)?,
         sealed: row.get(7)?,
+        patients: decode_patients(row.get(8)?),
     })
 }
 
@@ -632,9 +652,17 @@ impl Tx for SqlTx<'_> {
             rid
         };
         conn.prepare_cached(
-            "INSERT INTO ver (rid, version, last_updated, deleted, method, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO ver (rid, version, last_updated, deleted, method, body, patients) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![rid, v.version as i64, v.last_updated_ms, deleted, v.method, v.sealed])?;
+        .execute(params![
+            rid,
+            v.version as i64,
+            v.last_updated_ms,
+            deleted,
+            v.method,
+            v.sealed,
+            encode_patients(&v.patients)
+        ])?;
         if !v.index.is_empty() {
             let mut tag = conn.prepare_cached(
                 "INSERT OR IGNORE INTO ix_tag (pid, tag, rid) VALUES (?1, ?2, ?3)",
@@ -845,8 +873,11 @@ impl Tx for SqlTx<'_> {
         drop(st);
         let mut resources = 0u64;
         for (seq, rid, current) in &hits {
-            conn.prepare_cached("UPDATE ver SET body = X'', deleted = 1 WHERE seq = ?1")?
-                .execute([seq])?;
+            // An erased version reads as a deletion, its patients column included.
+            conn.prepare_cached(
+                "UPDATE ver SET body = X'', deleted = 1, patients = '' WHERE seq = ?1",
+            )?
+            .execute([seq])?;
             if *current {
                 resources += 1;
                 let tag_keys: Vec<u8> = conn

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`. 4 added the care-relationship tables
 /// (`care_rel`, `care_actor`), filled from the existing data when a version 3 store is opened.
-const SCHEMA_VERSION: i64 = 4;
+/// 5 added `ver.patients`, left NULL ("not recorded") on the versions of an older store.
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS res (
@@ -27,6 +28,12 @@ CREATE TABLE IF NOT EXISTS ver (
     deleted INTEGER NOT NULL,
     method TEXT NOT NULL,
     body BLOB NOT NULL,
+    -- The ids (without 'Patient/') of the patients in whose compartment the version is, joined by
+    -- single spaces ('' for none and for deletions), so a read learns them without parsing the
+    -- body; NULL when not recorded (versions written before schema version 5).
+    -- In clear on purpose: these are server-assigned ids, not PHI, and ix_ref already holds them
+    -- in clear for every reference.
+    patients TEXT,
     UNIQUE (rid, version)
 );
 CREATE TABLE IF NOT EXISTS ix_tag (
@@ -115,7 +122,9 @@ pub(crate) fn patient_key_ddl(name: &str) -> String {
 
 /// Creates the schema when missing; refuses a file written by a newer carevault. A store from
 /// before version 4 gets its care-relationship rows derived from its resources (which `keyring`
-/// opens) in the same transaction that creates their tables.
+/// opens) in the same transaction that creates their tables; one from before version 5 gets the
+/// `ver.patients` column, NULL on every existing version (readers then work the patients out
+/// from the body, as before).
 pub fn migrate(conn: &Connection, keyring: &Keyring) -> rusqlite::Result<()> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if v > SCHEMA_VERSION {
@@ -146,6 +155,14 @@ pub fn migrate(conn: &Connection, keyring: &Keyring) -> rusqlite::Result<()> {
     conn.execute_batch(AUDIT_FOLD_SCHEMA)?;
     conn.execute_batch(&patient_key_ddl("patient_key"))?;
     conn.execute_batch(super::care::CARE_SCHEMA)?;
+    if v != 0 && v < 5 {
+        // `CREATE TABLE IF NOT EXISTS` above left the old `ver` as it was. No backfill: that
+        // would open every version; NULL tells readers to parse the body instead.
+        if let Err(e) = conn.execute_batch("ALTER TABLE ver ADD COLUMN patients TEXT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
     if v != 0 && v < 4 {
         // The rows of resources written before the tables existed; a failure rolls back the
         // whole migration, so the store stays at its old version and can be opened again.
