@@ -263,10 +263,9 @@ pub(crate) fn fold_journal(
     let memo = memo.clone();
     write_with(store, move |tx| {
         let mark = tx.audit_fold_mark(&journal)?;
-        let mut expected = mark + 1;
         let mut entries = Vec::with_capacity(rows.len());
         let mut last = mark;
-        for row in rows.into_iter().filter(|r| r.jseq > mark) {
+        for (expected, row) in (mark + 1..).zip(rows.into_iter().filter(|r| r.jseq > mark)) {
             if row.jseq != expected {
                 return Err(StoreError::Integrity(format!(
                     "read journal entries {expected} to {} are missing (not yet in the audit log, and deleted)",
@@ -274,7 +273,6 @@ pub(crate) fn fold_journal(
                 ))
                 .into());
             }
-            expected += 1;
             last = row.jseq;
             entries.push(row.entry);
         }

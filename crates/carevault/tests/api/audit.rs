@@ -355,7 +355,8 @@ async fn audit_verify_catches_every_kind_of_tampering() {
     let mut s = Server::spawn(dir, &[]);
     s.authenticate("system/*.*").await;
     for i in 0..5 {
-        send(s.post("Patient", &patient(&format!("Later{i}")))).await;
+        let (st, _, _) = send(s.post("Patient", &patient(&format!("Later{i}")))).await;
+        assert_eq!(st, 201);
     }
     assert_eq!(s.stop(), 0);
     // The operator ships the checkpoints file off the machine.

@@ -67,12 +67,14 @@ pub(crate) fn journal_path(store: &Path) -> PathBuf {
 
 /// The identity an entry is sealed to.
 fn identity(id: &[u8; 16], jseq: u64) -> Vec<u8> {
+    use std::io::Write as _;
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"audit-journal/");
     for b in id {
-        out.extend_from_slice(format!("{b:02x}").as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{b:02x}");
     }
-    out.extend_from_slice(format!("/{jseq}").as_bytes());
+    let _ = write!(out, "/{jseq}");
     out
 }
 
@@ -179,7 +181,10 @@ impl ReadJournal {
             return;
         }
         q.waiting.push((entry, done));
-        cv.notify_one();
+        // The writer only ever waits on an empty queue, so only the first entry wakes it.
+        if q.waiting.len() == 1 {
+            cv.notify_one();
+        }
     }
 
     /// Whether this process has journaled entries that are not known to be folded.

@@ -151,7 +151,10 @@ impl SqliteStore {
             keyring,
             jobs: Mutex::new(send),
             readers: Mutex::new(Vec::new()),
-            max_readers: cores + 2,
+            // One per request a loaded server reads for at once (each HTTP connection has at
+            // most one read on the blocking pool): a connection opened past the pool is closed
+            // after its read, and a new one pays for opening the file and parsing the schema.
+            max_readers: (cores * 4).max(16),
             journal,
             fold_lock: Mutex::new(()),
             fold_memo: Arc::default(),
@@ -222,7 +225,7 @@ fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(128);
     if read_only {
         conn.execute_batch(
-            "PRAGMA query_only=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
+            "PRAGMA query_only=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-8192;",
         )?;
     } else {
         // WAL + FULL: every COMMIT fsyncs the WAL, so an acknowledged write survives kill -9 and
@@ -410,7 +413,7 @@ pub struct Reader<'s> {
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
-            && conn.execute_batch("COMMIT").is_ok()
+            && exec_cached(&conn, "COMMIT").is_ok()
         {
             self.store.give_back(conn);
         }
@@ -433,7 +436,7 @@ impl Store for SqliteStore {
 
     fn reader(&self) -> Result<Box<dyn crate::backend::ReadTx + '_>, StoreError> {
         let conn = self.take_reader()?;
-        conn.execute_batch("BEGIN")?;
+        exec_cached(&conn, "BEGIN")?;
         Ok(Box::new(Reader {
             store: self,
             conn: Some(conn),
