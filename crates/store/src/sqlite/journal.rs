@@ -133,12 +133,20 @@ impl ReadJournal {
         conn.execute_batch(SCHEMA)
             .map_err(|e| open_err(e.to_string()))?;
         let id = journal_id(&conn).map_err(|e| open_err(e.to_string()))?;
+        // Numbers go on from the last one ever given, durable or folded before this process.
+        let last: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| open_err(e.to_string()))?;
         let side = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
         // Deletions of folded rows need not survive a crash: the fold mark already skips them.
         side.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(|e| open_err(e.to_string()))?;
         let queue: Shared = Arc::default();
-        let durable = Arc::new(AtomicU64::new(0));
+        let durable = Arc::new(AtomicU64::new(last as u64));
         let (q, d, k) = (queue.clone(), durable.clone(), keyring.clone());
         let writer = std::thread::Builder::new()
             .name("carevault-audit-journal".into())
@@ -163,10 +171,7 @@ impl ReadJournal {
     /// Queues `entry`; `done` is called on the journal's thread once it is durable, or with the
     /// error that kept it from being written. Refuses at once when the log is too far behind.
     pub(crate) fn append(&self, entry: PreparedAppend, done: JournalDone) {
-        let backlog = self
-            .durable
-            .load(Ordering::Acquire)
-            .saturating_sub(self.folded.load(Ordering::Acquire));
+        let backlog = self.backlog();
         if backlog >= MAX_BACKLOG {
             done(Err(RestError::Store(format!(
                 "{backlog} audit entries of reads are waiting to join the audit log, which is not keeping up"
@@ -185,6 +190,13 @@ impl ReadJournal {
         if q.waiting.len() == 1 {
             cv.notify_one();
         }
+    }
+
+    /// Entries journaled and not known to be folded.
+    pub(crate) fn backlog(&self) -> u64 {
+        self.durable
+            .load(Ordering::Acquire)
+            .saturating_sub(self.folded.load(Ordering::Acquire))
     }
 
     /// Whether this process has journaled entries that are not known to be folded.

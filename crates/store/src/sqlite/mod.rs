@@ -146,6 +146,18 @@ impl SqliteStore {
             .map(|n| n.get())
             .unwrap_or(2);
         let journal = journal::ReadJournal::open(path, keyring.clone())?;
+        // What earlier processes journaled and folded is not waiting: take the log's mark (and
+        // delete rows a crash left below it).
+        {
+            let marks = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+            configure(&marks, true).map_err(|e| open_err(e.to_string()))?;
+            let mark =
+                crate::backend::ReadTx::audit_fold_mark(&mut SqlTx::new(&marks), journal.id())
+                    .map_err(|e| open_err(e.to_string()))?;
+            journal
+                .folded_up_to(mark)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
         Ok(SqliteStore {
             path: path.to_owned(),
             keyring,
@@ -159,6 +171,12 @@ impl SqliteStore {
             fold_lock: Mutex::new(()),
             fold_memo: Arc::default(),
         })
+    }
+
+    /// Read entries journaled and not yet known to be folded into the log.
+    #[cfg(test)]
+    pub(crate) fn journal_backlog(&self) -> u64 {
+        self.journal.backlog()
     }
 
     fn take_reader(&self) -> Result<Connection, StoreError> {
