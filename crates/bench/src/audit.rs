@@ -69,9 +69,14 @@ struct AuditArgs {
     /// The current server binary (default: `cargo build --release -p carevault`).
     #[arg(long, value_name = "FILE")]
     bin: Option<PathBuf>,
-    /// The pre-audit server binary (git 55cc69a) for the read comparison; skipped without it.
+    /// The pre-audit server binary (git 55cc69a) for the read comparison's "audit off" side.
     #[arg(long, value_name = "FILE")]
     base_bin: Option<PathBuf>,
+    /// Instead of --base-bin: the current code built with the benchmark-only feature
+    /// `carevault-server/insecure-no-read-audit-bench` (reads answered without their audit
+    /// entry), so that only the audit of reads differs between the two sides.
+    #[arg(long, value_name = "FILE", conflicts_with = "base_bin")]
+    unaudited_bin: Option<PathBuf>,
     /// Synthea R4 folder for the read comparison.
     #[arg(long, value_name = "DIR")]
     synthea: Option<PathBuf>,
@@ -209,8 +214,21 @@ async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
     }
 
     // 5. Reads with audit on and off.
-    match &args.base_bin {
-        Some(base) => match read_comparison(args, &bin, base, &root).await {
+    let off = match (&args.unaudited_bin, &args.base_bin) {
+        (Some(b), _) => Some(OffSide {
+            bin: b.clone(),
+            env: &[("CAREVAULT_INSECURE_NO_READ_AUDIT_BENCH", "1")],
+            what: "the same code built with the benchmark-only feature insecure-no-read-audit-bench: reads answered without their audit entry, everything else identical",
+        }),
+        (None, Some(b)) => Some(OffSide {
+            bin: b.clone(),
+            env: &[],
+            what: "the pre-audit build of the same code base (git 55cc69a), which has no audit trail (nor the later authorization layer)",
+        }),
+        (None, None) => None,
+    };
+    match &off {
+        Some(off) => match read_comparison(args, &bin, off, &root).await {
             Ok((figs, ctx)) => {
                 figures.extend(figs);
                 context["reads"] = ctx;
@@ -229,7 +247,7 @@ async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
             "read_patient_c16_audit_on_over_off",
             "ratio",
             Floor::AtLeast(READ_RATIO_FLOOR),
-            "no --base-bin (the pre-audit build at git 55cc69a) given",
+            "neither --unaudited-bin nor --base-bin given",
         )),
     }
     context["loadavg"]["end"] = loadavg();
@@ -887,9 +905,17 @@ fn verify_breakdown(store: &Arc<dyn Store>, total: u64) -> anyhow::Result<Value>
 // ---- 5. reads with audit on and off ---------------------------------------------------------
 
 /// One server binary and its data directory for the read comparison.
+/// The "audit off" side of the read comparison.
+struct OffSide {
+    bin: PathBuf,
+    env: &'static [(&'static str, &'static str)],
+    what: &'static str,
+}
+
 struct Side {
     label: &'static str,
     bin: PathBuf,
+    env: &'static [(&'static str, &'static str)],
     data: PathBuf,
     scratch: PathBuf,
     secret: Option<String>,
@@ -902,7 +928,7 @@ async fn read_round(side: &mut Side, args: &AuditArgs, synthea: &Path) -> anyhow
         duration: Duration::from_secs(args.seconds.max(1)),
         max_requests: args.max_requests.max(1),
     };
-    let mut srv = Server::start(&side.bin, &side.data, &side.scratch).await?;
+    let mut srv = Server::start_env(&side.bin, &side.data, &side.scratch, side.env).await?;
     let result = async {
         if side.secret.is_none() {
             progress(&format!("{}: importing {}", side.label, synthea.display()));
@@ -964,7 +990,7 @@ async fn read_round(side: &mut Side, args: &AuditArgs, synthea: &Path) -> anyhow
 async fn read_comparison(
     args: &AuditArgs,
     bin: &Path,
-    base: &Path,
+    base: &OffSide,
     root: &Path,
 ) -> anyhow::Result<(Vec<Figure>, Value)> {
     let synthea = args
@@ -974,12 +1000,16 @@ async fn read_comparison(
     if !synthea.exists() {
         bail!("the Synthea folder {} does not exist", synthea.display());
     }
-    let mk = |label: &'static str, bin: &Path| -> anyhow::Result<Side> {
+    let mk = |label: &'static str,
+              bin: &Path,
+              env: &'static [(&'static str, &'static str)]|
+     -> anyhow::Result<Side> {
         let scratch = root.join(format!("reads-{label}"));
         std::fs::create_dir_all(&scratch)?;
         Ok(Side {
             label,
             bin: bin.to_path_buf(),
+            env,
             data: scratch.join("data"),
             scratch,
             secret: None,
@@ -987,8 +1017,8 @@ async fn read_comparison(
             imported: None,
         })
     };
-    let mut off = mk("audit_off", base)?;
-    let mut on = mk("audit_on", bin)?;
+    let mut off = mk("audit_off", &base.bin, base.env)?;
+    let mut on = mk("audit_on", bin, &[])?;
     let mut runs = Vec::new();
     for round in 0..args.rounds.clamp(1, 10) {
         for side in [&mut off, &mut on] {
@@ -1033,7 +1063,10 @@ async fn read_comparison(
             "read_patient_c16_audit_off",
             r_off,
             c_off,
-            "mean over rounds; the pre-audit build of the same code base (git 55cc69a), which has no audit trail; ceiling = GET /healthz at 16 connections on the same server, same run",
+            &format!(
+                "mean over rounds; {}; ceiling = GET /healthz at 16 connections on the same server, same run",
+                base.what
+            ),
         ),
         fig(
             "read_patient_c16_audit_on",
@@ -1060,7 +1093,7 @@ async fn read_comparison(
     Ok((
         figures,
         json!({
-            "audit_off": {"binary": base.display().to_string(), "what": "pre-audit build of the same code base at git 55cc69a (no audit trail)", "import": off.imported},
+            "audit_off": {"binary": base.bin.display().to_string(), "what": base.what, "import": off.imported},
             "audit_on": {"binary": bin.display().to_string(), "what": "current build (audit on: one AuditEvent per request, reads durable in the read journal before the response)", "import": on.imported},
             "data": "each binary on its own data directory, both imported from the same Synthea set by that binary",
             "phase_seconds": args.seconds,

@@ -32,6 +32,13 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
             "this carevault was built for benchmarks with encryption switched off and must never hold real data; use a normal build"
         );
     }
+    if carevault_server::INSECURE_NO_READ_AUDIT
+        && std::env::var("CAREVAULT_INSECURE_NO_READ_AUDIT_BENCH").as_deref() != Ok("1")
+    {
+        anyhow::bail!(
+            "this carevault was built for benchmarks with the audit of reads switched off and must never hold real data; use a normal build"
+        );
+    }
     let config_path = args.config.unwrap_or_else(|| data.join("carevault.toml"));
     let mut config = Config::load(&config_path, std::env::vars())?;
     if let Some(listen) = args.listen {

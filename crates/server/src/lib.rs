@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 
 pub use serve::{ServeHandle, serve};
 
+/// True in the benchmark-only build (feature `insecure-no-read-audit-bench`) that answers reads
+/// and refusals without their audit entry; `carevault serve` refuses to run it on real data.
+pub const INSECURE_NO_READ_AUDIT: bool = cfg!(feature = "insecure-no-read-audit-bench");
+
 /// Everything a handler needs, shared by all requests.
 pub struct App {
     pub config: config::Config,
