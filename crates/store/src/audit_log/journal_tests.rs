@@ -49,6 +49,33 @@ fn journal_rows(store_path: &Path) -> i64 {
         .unwrap()
 }
 
+/// A journal row as stored.
+type SavedRow = (i64, i64, Vec<u8>, Vec<u8>);
+
+/// Every row of the first journal, as stored.
+fn journal_rows_saved(store_path: &Path) -> Vec<SavedRow> {
+    let c = journal_file(store_path);
+    let mut st = c
+        .prepare("SELECT jseq, recorded, entry, tags FROM journal ORDER BY jseq")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Puts saved rows back, as a crash between a fold's commit and the rows' deletion leaves them.
+fn put_back(store_path: &Path, rows: &[SavedRow]) {
+    let c = journal_file(store_path);
+    for (jseq, recorded, sealed, tags) in rows {
+        c.execute(
+            "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![jseq, recorded, sealed, tags],
+        )
+        .unwrap();
+    }
+}
+
 /// Every stored entry opened, in order.
 fn stored_texts(store: &dyn Store) -> Vec<(u64, [u8; 32], Vec<u8>)> {
     let mut r = store.reader().unwrap();
@@ -172,29 +199,11 @@ fn a_fold_repeated_after_a_crash_appends_nothing_twice_and_numbers_are_never_reu
         journal(&store, &format!("r{i}")).unwrap();
     }
     assert_eq!(journal_rows(&path), 10);
-    let saved: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = {
-        let c = journal_file(&path);
-        let mut st = c
-            .prepare("SELECT jseq, recorded, entry, tags FROM journal ORDER BY jseq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
+    let saved = journal_rows_saved(&path);
     assert_eq!(store.settle_audit().unwrap(), 10);
     assert_eq!(journal_rows(&path), 0);
     // A crash after the fold committed but before its rows were deleted: they are back.
-    {
-        let c = journal_file(&path);
-        for (jseq, recorded, sealed, tags) in &saved {
-            c.execute(
-                "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![jseq, recorded, sealed, tags],
-            )
-            .unwrap();
-        }
-    }
+    put_back(&path, &saved);
     drop(store);
     // A new process (no memory of what it folded) opens the store and folds what is left.
     let store = open_sqlite(&path, keyring()).unwrap();
@@ -348,29 +357,11 @@ fn two_processes_folding_the_same_journal_append_each_entry_once() {
     for i in 0..3 {
         journal(&a, &format!("r{i}")).unwrap();
     }
-    let saved: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = {
-        let c = journal_file(&path);
-        let mut st = c
-            .prepare("SELECT jseq, recorded, entry, tags FROM journal ORDER BY jseq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
+    let saved = journal_rows_saved(&path);
     assert_eq!(b.settle_audit().unwrap(), 3);
     // Rows b folded are still there for a (b's deletion not yet seen, or lost in a crash):
     // a's fold finds them at or below the mark in the log and appends nothing.
-    {
-        let c = journal_file(&path);
-        for (jseq, recorded, sealed, tags) in &saved {
-            c.execute(
-                "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![jseq, recorded, sealed, tags],
-            )
-            .unwrap();
-        }
-    }
+    put_back(&path, &saved);
     assert_eq!(a.settle_audit().unwrap(), 0);
     assert_eq!(journal_rows(&path), 0);
     journal(&a, "r3").unwrap();
