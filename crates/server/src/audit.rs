@@ -278,11 +278,14 @@ impl Trail {
     /// Makes a request's event durable (reads and refusals; writes append theirs in their own
     /// transaction): its hashing and key blinding happen here, on the request's task, then it
     /// joins the next group commit of the store's read journal ([`Store::journal_audit`]),
-    /// which folds it into the log soon after. Resolves once it is on disk.
+    /// which folds it into the log soon after. Resolves once it is on disk. `expect` (the
+    /// request's [`carevault_store::audit_log::JournalExpectation`]) is released once the entry
+    /// is queued.
     pub(crate) async fn append_durably(
         &self,
         store: &dyn Store,
         append: AuditAppend,
+        expect: &mut carevault_store::audit_log::JournalExpectation,
     ) -> Result<(), RestError> {
         let prepared = append.prepare(store.keyring());
         let (send, recv) = tokio::sync::oneshot::channel();
@@ -293,6 +296,7 @@ impl Trail {
                 let _ = send.send(r);
             }),
         );
+        expect.release();
         recv.await
             .map_err(|_| RestError::Store("the audit append was abandoned".into()))?
     }

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use carevault_audit::event::RestInteraction;
+use carevault_store::audit_log::JournalExpectation;
 use carevault_store::{
     Access, HistoryRequest, Op, Rest, RestError, SearchRequest, Stored, Written,
 };
@@ -50,6 +51,8 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         .unwrap_or_else(|| Arc::from("-"));
     let peer = req.extensions().get::<crate::PeerAddr>().map(|p| p.0.ip());
     let (parts, mut body) = req.into_parts();
+    // This request will journal its audit entry; group commits wait a little for it.
+    let mut expect = app.rest.store().expect_journal();
     let mut party = Party {
         request_id: Some(request_id.to_string()),
         address: peer.map(|ip| ip.to_string()),
@@ -97,7 +100,7 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
             note.lock()
                 .detail
                 .push(("authentication".into(), "bearer token refused".into()));
-            r = audited(&app, &note, r).await;
+            r = audited(&app, &note, r, &mut expect).await;
             r.extensions_mut().insert(RouteTemplate("/fhir/*"));
             return r;
         }
@@ -113,33 +116,34 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
         .query()
         .filter(|q| !q.is_empty())
         .map(|q| q.as_bytes().to_vec());
-    let refuse = |party: Party, status: Result<Denial, ApiError>| {
-        let app = app.clone();
-        let caller_id = caller_id.clone();
-        let query = query.clone();
-        let interaction = interaction.clone();
-        async move {
-            let note = Note::new(party, interaction);
-            note.lock().query = query;
-            let err = match status {
-                Ok(d) => {
-                    note.lock().detail.push(("decision".into(), d.reason));
-                    d.error
-                }
-                Err(e) => e,
-            };
-            let mut r = audited(&app, &note, err.into_response()).await;
-            r.extensions_mut().insert(RouteTemplate("/fhir/*"));
-            r.extensions_mut().insert(CallerId(caller_id));
-            r
-        }
-    };
+    let refuse =
+        |party: Party, status: Result<Denial, ApiError>, mut expect: JournalExpectation| {
+            let app = app.clone();
+            let caller_id = caller_id.clone();
+            let query = query.clone();
+            let interaction = interaction.clone();
+            async move {
+                let note = Note::new(party, interaction);
+                note.lock().query = query;
+                let err = match status {
+                    Ok(d) => {
+                        note.lock().detail.push(("decision".into(), d.reason));
+                        d.error
+                    }
+                    Err(e) => e,
+                };
+                let mut r = audited(&app, &note, err.into_response(), &mut expect).await;
+                r.extensions_mut().insert(RouteTemplate("/fhir/*"));
+                r.extensions_mut().insert(CallerId(caller_id));
+                r
+            }
+        };
     // Training first: an untrained user reaches nothing.
     let today = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
         .map(|t| t.date())
         .unwrap_or(time::Date::MIN);
     if let Err(d) = authz::check_training(&app, &principal, today) {
-        return refuse(party, Ok(d)).await;
+        return refuse(party, Ok(d), expect).await;
     }
     let mut grants = std::collections::HashSet::new();
     if let Some(user) = principal.user.clone() {
@@ -149,13 +153,13 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
     if let Some(h) = parts.headers.get("x-break-glass") {
         let reason = match authz::break_glass_reason(h) {
             Ok(r) => r,
-            Err(e) => return refuse(party, Err(e)).await,
+            Err(e) => return refuse(party, Err(e), expect).await,
         };
         let mut target = match principal.user.as_deref() {
             None => None,
             Some(_) => match authz::request_patient(&app, &segs, &params) {
                 Ok(t) => t,
-                Err(e) => return refuse(party, Err(e)).await,
+                Err(e) => return refuse(party, Err(e), expect).await,
             },
         };
         if target.is_none()
@@ -178,7 +182,7 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
             body = Body::from(bytes);
         }
         if let Err(d) = may_break_glass(&app, &principal, &segs) {
-            return refuse(party, Ok(d)).await;
+            return refuse(party, Ok(d), expect).await;
         }
         let (Some(user), Some(patient)) = (principal.user.clone(), target) else {
             return refuse(
@@ -188,11 +192,12 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
                     "invalid",
                     "X-Break-Glass needs a request about one patient's record: Patient/{id}, a resource of one patient, or a search with one patient= value.",
                 )),
+                expect,
             )
             .await;
         };
         if let Err(e) = authz::grant_break_glass(&app, &party, &user, &patient, &reason).await {
-            return refuse(party, Err(e)).await;
+            return refuse(party, Err(e), expect).await;
         }
         grants.insert(patient);
         break_glass = true;
@@ -243,7 +248,7 @@ pub(crate) async fn entry(State(app): State<Arc<App>>, req: Request) -> Response
             n.party.purpose = vec!["BTG".into()];
         }
     }
-    let mut resp = audited(&app, &note, resp).await;
+    let mut resp = audited(&app, &note, resp, &mut expect).await;
     resp.extensions_mut().insert(RouteTemplate(template));
     resp.extensions_mut().insert(CallerId(caller_id));
     resp
@@ -253,7 +258,14 @@ type Answer = Result<Response, ApiError>;
 
 /// Makes the request's audit event durable before `resp` leaves (unless its write transaction
 /// already carried it); when the event cannot be written, nothing is returned but a 503.
-async fn audited(app: &Arc<App>, note: &SharedNote, resp: Response) -> Response {
+///
+/// `expect` is this request's [`JournalExpectation`], released once its entry is queued.
+async fn audited(
+    app: &Arc<App>,
+    note: &SharedNote,
+    resp: Response,
+    expect: &mut JournalExpectation,
+) -> Response {
     if crate::INSECURE_NO_READ_AUDIT {
         return resp;
     }
@@ -265,7 +277,11 @@ async fn audited(app: &Arc<App>, note: &SharedNote, resp: Response) -> Response 
         }
         crate::audit::to_append(&app.trail.request_record(&n, status))
     };
-    match app.trail.append_durably(&**app.rest.store(), append).await {
+    match app
+        .trail
+        .append_durably(&**app.rest.store(), append, expect)
+        .await
+    {
         Ok(_) => resp,
         Err(e) => audit_unavailable(note, &e.to_string()),
     }

@@ -232,6 +232,32 @@ pub(crate) fn append_prepared(
 /// must only hand the result on.
 pub type JournalDone = Box<dyn FnOnce(Result<(), RestError>) + Send>;
 
+/// A request that will journal its entry soon ([`crate::Store::expect_journal`]). Releasing it
+/// (or dropping it) tells the journal it need not wait for that request any more.
+#[derive(Debug, Default)]
+pub struct JournalExpectation(Option<Arc<crate::sqlite::Expected>>);
+
+impl JournalExpectation {
+    /// An expectation the journal `expected` counts until it is released.
+    pub(crate) fn counted(expected: Arc<crate::sqlite::Expected>) -> Self {
+        expected.add();
+        JournalExpectation(Some(expected))
+    }
+
+    /// Stops counting this request: call once its entry is queued, or when it will not be.
+    pub fn release(&mut self) {
+        if let Some(e) = self.0.take() {
+            e.remove();
+        }
+    }
+}
+
+impl Drop for JournalExpectation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The log's right edge remembered between folds (see [`EdgeMemo`]).
 #[derive(Default)]
 pub(crate) struct FoldMemo(Mutex<Option<EdgeMemo>>);

@@ -533,6 +533,13 @@ pub trait Store: Send + Sync {
         });
         self.submit(job, done);
     }
+    /// Announces a request that will soon call [`Store::journal_audit`]: until the returned
+    /// expectation is released (or dropped), a backend with a read journal lets its next group
+    /// commit wait a little for that entry, so that requests in progress at the same time share
+    /// one fsync. The default has no journal to wait.
+    fn expect_journal(&self) -> crate::audit_log::JournalExpectation {
+        crate::audit_log::JournalExpectation::default()
+    }
     /// Checks that a read's entry could be made durable now (see [`Store::journal_audit`]).
     fn probe_journal(&self) -> Result<(), RestError> {
         Ok(())

@@ -377,3 +377,102 @@ fn two_processes_folding_the_same_journal_append_each_entry_once() {
         ]
     );
 }
+
+/// Queues `text` as a read's entry without waiting; the receiver gets the outcome.
+fn journal_async(
+    store: &dyn Store,
+    text: &str,
+) -> std::sync::mpsc::Receiver<Result<(), RestError>> {
+    let (send, recv) = std::sync::mpsc::sync_channel(1);
+    store.journal_audit(
+        entry(text).prepare(store.keyring()),
+        Box::new(move |r| send.send(r).unwrap()),
+    );
+    recv
+}
+
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[test]
+fn a_group_commit_waits_for_requests_in_progress_and_then_carries_them_all_in_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    let gathering = store.journal_gathering().clone();
+    // Long enough that only the requests' releases can end the wait.
+    gathering.set_max_gather(std::time::Duration::from_secs(600));
+    // Three requests in progress; the first two queue their entries and release.
+    let mut expectations: Vec<_> = (0..3).map(|_| store.expect_journal()).collect();
+    let groups_before = gathering.groups();
+    let mut pending = Vec::new();
+    for (i, e) in expectations.iter_mut().take(2).enumerate() {
+        pending.push(journal_async(&store, &format!("g{i}")));
+        e.release();
+    }
+    // The third is still being answered: nothing is committed yet.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for p in &pending {
+        assert!(
+            p.try_recv().is_err(),
+            "an entry was committed while a request that will journal was still in progress"
+        );
+    }
+    assert_eq!(gathering.groups(), groups_before);
+    // The third queues and releases: one commit carries all three.
+    pending.push(journal_async(&store, "g2"));
+    expectations[2].release();
+    for p in pending {
+        p.recv_timeout(PATIENCE).unwrap().unwrap();
+    }
+    assert_eq!(
+        gathering.groups(),
+        groups_before + 1,
+        "one fsync for the three"
+    );
+    store.settle_audit().unwrap();
+    assert_eq!(
+        assert_log_is_sound(&store),
+        vec![b"g0".to_vec(), b"g1".to_vec(), b"g2".to_vec()]
+    );
+}
+
+#[test]
+fn a_request_that_never_journals_delays_a_group_commit_by_at_most_the_gathering_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    let gathering = store.journal_gathering().clone();
+    gathering.set_max_gather(std::time::Duration::from_millis(50));
+    // A request in progress that is slow (or stuck) and holds its expectation throughout.
+    let stuck = store.expect_journal();
+    for i in 0..3 {
+        journal_async(&store, &format!("s{i}"))
+            .recv_timeout(PATIENCE)
+            .expect("the commit waited for the stuck request beyond its limit")
+            .unwrap();
+    }
+    // A request dropped without journaling (cancelled) stops counting too.
+    gathering.set_max_gather(std::time::Duration::from_secs(600));
+    let pending = journal_async(&store, "after");
+    drop(stuck);
+    pending.recv_timeout(PATIENCE).unwrap().unwrap();
+    store.settle_audit().unwrap();
+    assert_eq!(assert_log_is_sound(&store).len(), 4);
+}
+
+#[test]
+fn a_lone_request_commits_without_waiting_for_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    let gathering = store.journal_gathering().clone();
+    gathering.set_max_gather(std::time::Duration::from_secs(600));
+    for i in 0..5 {
+        let mut own = store.expect_journal();
+        let pending = journal_async(&store, &format!("l{i}"));
+        own.release();
+        pending.recv_timeout(PATIENCE).unwrap().unwrap();
+    }
+    store.settle_audit().unwrap();
+    assert_eq!(assert_log_is_sound(&store).len(), 5);
+}

@@ -20,9 +20,10 @@
 //! moved to another number or journal without its opening failing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use carevault_crypto::random::{Random, SystemRng};
 use carevault_crypto::{BLIND_LEN, BlindTag, Keyring};
@@ -33,6 +34,8 @@ use crate::error::{RestError, StoreError};
 
 /// How many entries one journal commit carries at most.
 const MAX_GROUP: usize = 4096;
+/// The longest a group commit waits for requests in progress to queue their entries.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 /// Entries journaled but not yet folded beyond which new ones are refused: a log that cannot
 /// keep up (or cannot be written) must stop reads rather than let the journal grow without end.
 pub(crate) const MAX_BACKLOG: u64 = 262_144;
@@ -86,6 +89,69 @@ struct Queue {
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
 
+/// The requests in progress that have said they will journal an entry soon
+/// ([`crate::Store::expect_journal`]).
+///
+/// Every fsync costs the same whether it carries one entry or a hundred, and under load most
+/// groups would carry one or two: the entries of requests still being answered arrive just after
+/// the commit started. So a group commit waits, at most [`MAX_GATHER`], while requests that will
+/// journal are still in progress, and commits as soon as none is: requests in progress at the
+/// same time share one fsync (as PostgreSQL's `commit_delay` with `commit_siblings`). A lone
+/// request never waits, since its own entry is the last one expected.
+pub struct Expected {
+    count: AtomicUsize,
+    queue: Shared,
+    /// The longest a group commit waits, in µs ([`MAX_GATHER`]; tests change it).
+    max_gather_us: AtomicU64,
+    /// Groups committed so far.
+    groups: AtomicU64,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expected")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Expected {
+    pub(crate) fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn remove(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: a gathering writer may commit now. Notifying under the lock means
+            // the writer is either waiting (and woken) or has not yet read the count.
+            let (m, cv) = &*self.queue;
+            let _q = lock(m);
+            cv.notify_one();
+        }
+    }
+
+    fn in_progress(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    fn max_gather(&self) -> Duration {
+        Duration::from_micros(self.max_gather_us.load(Ordering::Acquire))
+    }
+
+    /// Sets the longest a group commit waits for expected entries.
+    #[cfg(test)]
+    pub(crate) fn set_max_gather(&self, d: Duration) {
+        self.max_gather_us
+            .store(d.as_micros() as u64, Ordering::Release);
+    }
+
+    /// Groups committed so far.
+    #[cfg(test)]
+    pub(crate) fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Acquire)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means a thread panicked while holding it; the queue stays usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -96,6 +162,7 @@ pub(crate) struct ReadJournal {
     id: [u8; 16],
     keyring: Arc<Keyring>,
     queue: Shared,
+    expected: Arc<Expected>,
     writer: Mutex<Option<JoinHandle<()>>>,
     side: Mutex<Connection>,
     /// The highest journal number this process has made durable.
@@ -147,15 +214,27 @@ impl ReadJournal {
             .map_err(|e| open_err(e.to_string()))?;
         let queue: Shared = Arc::default();
         let durable = Arc::new(AtomicU64::new(last as u64));
-        let (q, d, k) = (queue.clone(), durable.clone(), keyring.clone());
+        let expected = Arc::new(Expected {
+            count: AtomicUsize::new(0),
+            queue: queue.clone(),
+            max_gather_us: AtomicU64::new(MAX_GATHER.as_micros() as u64),
+            groups: AtomicU64::new(0),
+        });
+        let (q, e, d, k) = (
+            queue.clone(),
+            expected.clone(),
+            durable.clone(),
+            keyring.clone(),
+        );
         let writer = std::thread::Builder::new()
             .name("carevault-audit-journal".into())
-            .spawn(move || writer_loop(conn, &q, &d, &k, id))
+            .spawn(move || writer_loop(conn, &q, &e, &d, &k, id))
             .map_err(|e| open_err(format!("the journal thread could not start: {e}")))?;
         Ok(ReadJournal {
             id,
             keyring,
             queue,
+            expected,
             writer: Mutex::new(Some(writer)),
             side: Mutex::new(side),
             durable,
@@ -186,10 +265,16 @@ impl ReadJournal {
             return;
         }
         q.waiting.push((entry, done));
-        // The writer only ever waits on an empty queue, so only the first entry wakes it.
+        // The writer waits on an empty queue, or while gathering (until the last expected
+        // request releases, which wakes it), so only the first entry needs to wake it.
         if q.waiting.len() == 1 {
             cv.notify_one();
         }
+    }
+
+    /// The requests in progress that will journal soon.
+    pub(crate) fn expected(&self) -> &Arc<Expected> {
+        &self.expected
     }
 
     /// Entries journaled and not known to be folded.
@@ -315,6 +400,7 @@ fn journal_id(conn: &Connection) -> Result<[u8; 16], StoreError> {
 fn writer_loop(
     conn: Connection,
     queue: &Shared,
+    expected: &Expected,
     durable: &AtomicU64,
     keyring: &Keyring,
     id: [u8; 16],
@@ -329,6 +415,17 @@ fn writer_loop(
             if q.waiting.is_empty() {
                 break;
             }
+            let deadline = Instant::now() + expected.max_gather();
+            while expected.in_progress() && q.waiting.len() < MAX_GROUP && !q.closed {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                q = cv
+                    .wait_timeout(q, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
             let n = q.waiting.len().min(MAX_GROUP);
             q.waiting.drain(..n).collect()
         };
@@ -336,6 +433,7 @@ fn writer_loop(
         match write_group(&conn, keyring, &id, &entries) {
             Ok(last) => {
                 durable.fetch_max(last, Ordering::AcqRel);
+                expected.groups.fetch_add(1, Ordering::AcqRel);
                 for done in dones {
                     done(Ok(()));
                 }

@@ -22,9 +22,9 @@ use crate::backend::{Store, Tx, WriteDone, WriteJob};
 use crate::care::CareWindows;
 use crate::error::{RestError, StoreError};
 
-pub use journal::JournalRow;
 #[cfg(test)]
 pub(crate) use journal::journal_path;
+pub use journal::{Expected, JournalRow};
 pub use query::SqlTx;
 
 /// How many jobs one commit may carry at most.
@@ -112,6 +112,12 @@ impl Drop for SqliteStore {
 }
 
 impl SqliteStore {
+    /// How the read journal's group commits gather entries (for tests).
+    #[cfg(test)]
+    pub(crate) fn journal_gathering(&self) -> &Arc<Expected> {
+        self.journal.expected()
+    }
+
     /// Opens (creating if needed) the store file and starts its writer thread.
     pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
@@ -518,6 +524,10 @@ impl Store for SqliteStore {
 
     fn journal_audit(&self, entry: crate::audit_log::PreparedAppend, done: JournalDone) {
         self.journal.append(entry, done);
+    }
+
+    fn expect_journal(&self) -> crate::audit_log::JournalExpectation {
+        crate::audit_log::JournalExpectation::counted(self.journal.expected().clone())
     }
 
     fn probe_journal(&self) -> Result<(), RestError> {
