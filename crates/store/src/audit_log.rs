@@ -125,11 +125,10 @@ pub fn append(tx: &mut dyn Tx, keyring: &Keyring, entry: &AuditAppend) -> Result
 /// returns once they are on disk.
 pub fn append_durably(store: &dyn Store, entries: Vec<AuditAppend>) -> Result<Vec<u64>, RestError> {
     let keyring = store.keyring().clone();
+    // Hashing and blinding happen here, on the caller's thread, not in the single writer.
+    let prepared: Vec<PreparedAppend> = entries.into_iter().map(|e| e.prepare(&keyring)).collect();
     write_with(store, move |tx| {
-        entries
-            .iter()
-            .map(|e| append(tx, &keyring, e))
-            .collect::<Result<Vec<_>, _>>()
+        append_prepared(tx, &keyring, &prepared, &mut None)
     })
 }
 
@@ -201,6 +200,7 @@ pub(crate) fn append_prepared(
         }
     };
     let mut seqs = Vec::with_capacity(entries.len());
+    let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
         let seq = frontier.size() + 1;
         let nodes = frontier.push(entry.leaf);
@@ -215,10 +215,11 @@ pub(crate) fn append_prepared(
             nodes,
             tags: entry.tags.clone(),
         };
-        tx.append_audit(&row)?;
+        rows.push(row);
         previous = chain;
         seqs.push(seq);
     }
+    tx.append_audit_rows(&rows)?;
     *memo = Some(EdgeMemo {
         size: frontier.size(),
         chain: previous,

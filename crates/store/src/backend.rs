@@ -454,6 +454,14 @@ pub trait Tx: ReadTx {
     /// Appends one audit entry whose sequence number is the head's plus one (see
     /// [`crate::audit_log::append`], which derives the row).
     fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Appends consecutive entries in order, as [`Tx::append_audit`] one by one would; a
+    /// backend may lay out a large batch's search keys together.
+    fn append_audit_rows(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        for row in rows {
+            self.append_audit(row)?;
+        }
+        Ok(())
+    }
     /// Records that the read journal `journal` is folded into the log up to entry `upto`.
     fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError>;
     /// Writes a sealed system record.

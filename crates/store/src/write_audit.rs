@@ -216,6 +216,9 @@ impl Tx for RecordingTx<'_> {
     fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError> {
         self.inner.append_audit(row)
     }
+    fn append_audit_rows(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        self.inner.append_audit_rows(rows)
+    }
     fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError> {
         self.inner.set_audit_fold_mark(journal, upto)
     }

@@ -476,3 +476,96 @@ fn a_lone_request_commits_without_waiting_for_itself() {
     store.settle_audit().unwrap();
     assert_eq!(assert_log_is_sound(&store).len(), 5);
 }
+
+#[test]
+fn keys_of_a_large_batch_and_of_single_appends_are_all_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    let keyed = |text: String, i: usize| AuditAppend {
+        keys: vec![
+            AuditKey::Patient(format!("Patient/{text}")),
+            AuditKey::Client(format!("client-{}", i % 3)),
+        ],
+        ..entry(&text)
+    };
+    // Single appends (keys wait in the pending table), a batch as large as a fold (keys go
+    // straight to the index), then single appends again.
+    for i in 0..5 {
+        append_durably(&store, vec![keyed(format!("a{i}"), i)]).unwrap();
+    }
+    append_durably(
+        &store,
+        (0..300).map(|i| keyed(format!("b{i}"), i)).collect(),
+    )
+    .unwrap();
+    for i in 0..5 {
+        append_durably(&store, vec![keyed(format!("c{i}"), i)]).unwrap();
+    }
+    let texts: Vec<String> = assert_log_is_sound(&store)
+        .into_iter()
+        .map(|t| String::from_utf8(t).unwrap())
+        .collect();
+    assert_eq!(texts.len(), 310);
+    let tag = |k: AuditKey| k.tag(store.keyring());
+    let search = |groups: Vec<Vec<carevault_crypto::BlindTag>>| -> Vec<String> {
+        let mut r = store.reader().unwrap();
+        let q = crate::backend::AuditQuery {
+            tags: groups,
+            limit: 1000,
+            ..Default::default()
+        };
+        r.audit_search(&q)
+            .unwrap()
+            .into_iter()
+            .map(|seq| texts[seq as usize - 1].clone())
+            .collect()
+    };
+    for text in ["a0", "a4", "b0", "b77", "b299", "c0", "c4"] {
+        assert_eq!(
+            search(vec![vec![tag(AuditKey::Patient(format!(
+                "Patient/{text}"
+            )))]]),
+            vec![text.to_string()]
+        );
+    }
+    // Both keys of an entry, one from each group, whichever table holds them.
+    let client_1: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| {
+            let i = match *n {
+                n if n < 5 => n,
+                n if n < 305 => n - 5,
+                n => n - 305,
+            };
+            i % 3 == 1
+        })
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert_eq!(
+        search(vec![vec![tag(AuditKey::Client("client-1".into()))]]),
+        client_1
+    );
+    assert_eq!(
+        search(vec![
+            vec![tag(AuditKey::Client("client-1".into()))],
+            vec![
+                tag(AuditKey::Patient("Patient/a1".into())),
+                tag(AuditKey::Patient("Patient/b100".into())),
+                tag(AuditKey::Patient("Patient/c4".into())),
+                tag(AuditKey::Patient("Patient/b101".into())),
+            ],
+        ]),
+        vec!["a1".to_string(), "b100".to_string(), "c4".to_string()]
+    );
+    // The pending table holds only the keys appended one by one since the batch.
+    let pending: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM audit_ix_pending", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        pending, 10,
+        "the five single appends after the batch, two keys each"
+    );
+}

@@ -81,6 +81,8 @@ const AUDIT_VISIT_MMAP: u64 = 1 << 36;
 
 /// Entries whose search keys wait in `audit_ix_pending` before moving into `audit_ix` together.
 const AUDIT_IX_BATCH: u64 = 256;
+/// Entries appended together from which their keys go straight into `audit_ix`, sorted.
+const AUDIT_IX_DIRECT: usize = 64;
 
 fn pid(p: &ParamRef) -> i64 {
     p.id().0
@@ -588,6 +590,44 @@ fn history_filter(scope: HistoryScope<'_>, since_ms: Option<i64>) -> (String, Ve
     (filter, args)
 }
 
+impl SqlTx<'_> {
+    /// Inserts an entry's row and its Merkle nodes (not its search keys).
+    fn insert_audit_entry(&mut self, row: &AuditRow) -> Result<(), StoreError> {
+        let e = &row.stored;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, recorded, chain, entry) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                e.seq as i64,
+                e.recorded_ms,
+                &e.chain[..],
+                &e.sealed
+            ])?;
+        let mut node = self
+            .conn
+            .prepare_cached("INSERT INTO audit_node (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, index, hash) in &row.nodes {
+            node.execute(params![i64::from(*level), *index as i64, &hash[..]])?;
+        }
+        Ok(())
+    }
+
+    /// Moves the pending search keys into audit_ix, sorted by tag.
+    fn move_pending_audit_keys(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO audit_ix (tag, seq) \
+                 SELECT tag, seq FROM audit_ix_pending ORDER BY tag, seq",
+            )?
+            .execute([])?;
+        self.conn
+            .prepare_cached("DELETE FROM audit_ix_pending")?
+            .execute([])?;
+        Ok(())
+    }
+}
+
 impl Tx for SqlTx<'_> {
     fn put_version(&mut self, v: &NewVersion) -> Result<(), StoreError> {
         if v.pending.is_some() || (!v.deleted && v.sealed.is_empty()) {
@@ -710,23 +750,8 @@ impl Tx for SqlTx<'_> {
     }
 
     fn append_audit(&mut self, row: &AuditRow) -> Result<(), StoreError> {
+        self.insert_audit_entry(row)?;
         let e = &row.stored;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit_log (seq, recorded, chain, entry) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                e.seq as i64,
-                e.recorded_ms,
-                &e.chain[..],
-                &e.sealed
-            ])?;
-        let mut node = self
-            .conn
-            .prepare_cached("INSERT INTO audit_node (level, idx, hash) VALUES (?1, ?2, ?3)")?;
-        for (level, index, hash) in &row.nodes {
-            node.execute(params![i64::from(*level), *index as i64, &hash[..]])?;
-        }
         // Search keys go first to the small, append-ordered audit_ix_pending (its rows land on
         // the same last page), and move into audit_ix every AUDIT_IX_BATCH entries, sorted by
         // tag: a durable append then dirties a handful of pages instead of one random index
@@ -738,17 +763,38 @@ impl Tx for SqlTx<'_> {
             ix.execute(params![e.seq as i64, tag_int(tag)])?;
         }
         if e.seq.is_multiple_of(AUDIT_IX_BATCH) {
-            self.conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO audit_ix (tag, seq) \
-                     SELECT tag, seq FROM audit_ix_pending ORDER BY tag, seq",
-                )?
-                .execute([])?;
-            self.conn
-                .prepare_cached("DELETE FROM audit_ix_pending")?
-                .execute([])?;
+            self.move_pending_audit_keys()?;
         }
         Ok(())
+    }
+
+    fn append_audit_rows(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        if rows.len() < AUDIT_IX_DIRECT {
+            for row in rows {
+                self.append_audit(row)?;
+            }
+            return Ok(());
+        }
+        // A batch as large as a pending batch (a fold of the read journal) sorts its own keys
+        // and writes them straight into audit_ix: the same locality as the pending table gives
+        // single appends, without writing and deleting every key a second time.
+        let mut keys: Vec<(i64, i64)> = Vec::with_capacity(rows.len() * 4);
+        for row in rows {
+            self.insert_audit_entry(row)?;
+            let seq = row.stored.seq as i64;
+            keys.extend(row.tags.iter().map(|t| (tag_int(t), seq)));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let mut ix = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO audit_ix (tag, seq) VALUES (?1, ?2)")?;
+        for (tag, seq) in keys {
+            ix.execute(params![tag, seq])?;
+        }
+        // The batch may have passed a multiple of AUDIT_IX_BATCH: move what single appends left
+        // pending, so the pending table stays small.
+        self.move_pending_audit_keys()
     }
 
     fn set_audit_fold_mark(&mut self, journal: &[u8], upto: u64) -> Result<(), StoreError> {
