@@ -393,14 +393,21 @@ fn journal_async(
 
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// A new store whose journal's group commits wait at most `max_gather`.
+fn gathering_store(
+    max_gather: std::time::Duration,
+) -> (tempfile::TempDir, SqliteStore, Arc<crate::sqlite::Expected>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db"), keyring()).unwrap();
+    let gathering = store.journal_gathering().clone();
+    gathering.set_max_gather(max_gather);
+    (dir, store, gathering)
+}
+
 #[test]
 fn a_group_commit_waits_for_requests_in_progress_and_then_carries_them_all_in_one_fsync() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let store = SqliteStore::open(&path, keyring()).unwrap();
-    let gathering = store.journal_gathering().clone();
     // Long enough that only the requests' releases can end the wait.
-    gathering.set_max_gather(std::time::Duration::from_secs(600));
+    let (_dir, store, gathering) = gathering_store(std::time::Duration::from_secs(600));
     // Three requests in progress; the first two queue their entries and release.
     let mut expectations: Vec<_> = (0..3).map(|_| store.expect_journal()).collect();
     let groups_before = gathering.groups();
@@ -438,11 +445,7 @@ fn a_group_commit_waits_for_requests_in_progress_and_then_carries_them_all_in_on
 
 #[test]
 fn a_request_that_never_journals_delays_a_group_commit_by_at_most_the_gathering_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let store = SqliteStore::open(&path, keyring()).unwrap();
-    let gathering = store.journal_gathering().clone();
-    gathering.set_max_gather(std::time::Duration::from_millis(50));
+    let (_dir, store, gathering) = gathering_store(std::time::Duration::from_millis(50));
     // A request in progress that is slow (or stuck) and holds its expectation throughout.
     let stuck = store.expect_journal();
     for i in 0..3 {
@@ -462,11 +465,7 @@ fn a_request_that_never_journals_delays_a_group_commit_by_at_most_the_gathering_
 
 #[test]
 fn a_lone_request_commits_without_waiting_for_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let store = SqliteStore::open(&path, keyring()).unwrap();
-    let gathering = store.journal_gathering().clone();
-    gathering.set_max_gather(std::time::Duration::from_secs(600));
+    let (_dir, store, _gathering) = gathering_store(std::time::Duration::from_secs(600));
     for i in 0..5 {
         let mut own = store.expect_journal();
         let pending = journal_async(&store, &format!("l{i}"));
