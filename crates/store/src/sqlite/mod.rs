@@ -31,10 +31,14 @@ pub use query::SqlTx;
 const MAX_GROUP: usize = 256;
 /// How long a connection waits for a lock held by another process (`carevault import`).
 const BUSY_TIMEOUT_MS: u64 = 30_000;
-/// How often journaled read entries are folded into the audit log while reads come.
-const FOLD_SPACING: Duration = Duration::from_millis(100);
+/// How often journaled read entries are folded into the audit log while reads come. Each fold
+/// is a commit to the main database, which makes every reader connection drop its page cache
+/// and adds to the checkpoints: at 100 ms these cost loaded reads about 20 µs each, at 1 s a
+/// few (`perf`, docs/benchmarks.md "session 7"). Anything that reads the log folds first, so
+/// the spacing only delays the SIEM streams, by at most this much.
+const FOLD_SPACING: Duration = Duration::from_secs(1);
 /// Most journaled entries one fold job appends.
-const FOLD_BATCH: usize = 4096;
+const FOLD_BATCH: usize = 8192;
 
 /// Called with a job's outcome after its group's commit (on the writer's thread).
 type Reply = WriteDone;
