@@ -179,11 +179,18 @@ fn status(data: &Path, as_json: bool) -> anyhow::Result<()> {
                 "versions": sum("ver", k.id, false),
                 "system_records": sum("system_record", k.id, false),
                 "audit_entries": sum("audit_log", k.id, false),
+                "audit_entries_waiting_in_read_journal": sum("audit_journal", k.id, false),
                 "patient_keys": sum("patient_key", k.id, false),
             });
-            let used = ["ver", "system_record", "audit_log", "patient_key"]
-                .iter()
-                .any(|t| sum(t, k.id, false) > 0);
+            let used = [
+                "ver",
+                "system_record",
+                "audit_log",
+                "audit_journal",
+                "patient_key",
+            ]
+            .iter()
+            .any(|t| sum(t, k.id, false) > 0);
             entry["state"] = json!(match (k.id == current, k.state, used) {
                 (true, _, _) => "current",
                 (false, KeyState::Retired, true) | (false, KeyState::Active, true) => {

@@ -552,6 +552,12 @@ pub trait Store: Send + Sync {
     fn probe_journal(&self) -> Result<(), RestError> {
         Ok(())
     }
+    /// What the read journal holds sealed, per data key (entries not yet folded into the log),
+    /// as table `audit_journal`: a data key must not leave the key file while an entry waits
+    /// under it, or that entry could never be opened and folded. The default has no journal.
+    fn journal_key_usage(&self) -> Result<Vec<KeyUsage>, RestError> {
+        Ok(Vec::new())
+    }
     /// Folds every read entry journaled so far into the log (chain, tree, search keys), so
     /// that what reads the log next sees them; returns how many it folded. Call before
     /// searching, reporting, proving, checkpointing or verifying. The default has no journal.

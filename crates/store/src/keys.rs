@@ -266,9 +266,12 @@ fn run_batch(
     Ok(n)
 }
 
-/// Counts, per table and key id, what is sealed under each key.
+/// Counts, per table and key id, what is sealed under each key, including the read journal's
+/// entries not yet folded into the log (table `audit_journal`).
 pub fn key_usage(store: &dyn Store) -> Result<Vec<KeyUsage>, RestError> {
-    Ok(store.reader()?.key_usage()?)
+    let mut usage = store.reader()?.key_usage()?;
+    usage.extend(store.journal_key_usage()?);
+    Ok(usage)
 }
 
 /// The outcome of `carevault patient erase`, for the operator and the audit trail.

@@ -568,3 +568,28 @@ fn keys_of_a_large_batch_and_of_single_appends_are_all_found() {
         "the five single appends after the batch, two keys each"
     );
 }
+
+#[test]
+fn entries_waiting_in_the_journal_count_as_sealed_under_their_data_key() {
+    // A data key leaves the key file only when nothing is sealed under it; an entry still in
+    // the journal under that key could never be opened and folded afterwards.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    let usage_of = |table: &str| -> Vec<(u32, u64)> {
+        crate::keys::key_usage(&store)
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.table == table)
+            .map(|u| (u.key_id, u.rows))
+            .collect()
+    };
+    journal(&store, "r0").unwrap();
+    journal(&store, "r1").unwrap();
+    // keyring() seals under data key 1.
+    assert_eq!(usage_of("audit_journal"), vec![(1, 2)]);
+    assert_eq!(usage_of("audit_log"), vec![]);
+    assert_eq!(store.settle_audit().unwrap(), 2);
+    assert_eq!(usage_of("audit_journal"), vec![]);
+    assert_eq!(usage_of("audit_log"), vec![(1, 2)]);
+}

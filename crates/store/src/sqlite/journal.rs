@@ -348,6 +348,29 @@ impl ReadJournal {
         Ok(())
     }
 
+    /// How many entries wait sealed under each data key (the key id of the sealed header).
+    pub(crate) fn key_usage(&self) -> Result<Vec<crate::backend::KeyUsage>, StoreError> {
+        let side = lock(&self.side);
+        let mut stmt = side.prepare_cached(
+            "SELECT substr(entry, 2, 4), count(*) FROM journal WHERE length(entry) > 0 GROUP BY 1",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, n) = row?;
+            let key: [u8; 4] = key.try_into().map_err(|_| {
+                StoreError::Integrity("a read journal entry has no sealed header".into())
+            })?;
+            out.push(crate::backend::KeyUsage {
+                table: "audit_journal",
+                key_id: u32::from_be_bytes(key),
+                rows: n as u64,
+                current: n as u64,
+            });
+        }
+        Ok(out)
+    }
+
     /// Checks that an entry could be journaled now: inserts a probe row and rolls it back.
     pub(crate) fn probe(&self) -> Result<(), StoreError> {
         let side = lock(&self.side);

@@ -538,6 +538,10 @@ impl Store for SqliteStore {
         Ok(self.journal.probe()?)
     }
 
+    fn journal_key_usage(&self) -> Result<Vec<crate::backend::KeyUsage>, RestError> {
+        Ok(self.journal.key_usage()?)
+    }
+
     fn settle_audit(&self) -> Result<usize, RestError> {
         let _one = lock(&self.fold_lock);
         let mut folded = 0;
