@@ -71,61 +71,16 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 /// Entry point of `carevault-bench access ...` (`argv` starts with `access`).
 pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = AccessArgs::parse_from(argv);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("carevault-bench access: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = match runtime.block_on(run(&args)) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("carevault-bench access: {msg}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = match serde_json::to_string_pretty(&report) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("carevault-bench access: cannot format the report: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{text}");
-    if let Some(out) = &args.out
-        && let Err(e) = std::fs::write(out, format!("{text}\n"))
-    {
-        eprintln!(
-            "carevault-bench access: cannot write {}: {e}",
-            out.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    if report["pass"] == true {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    crate::report::finish_async(
+        "carevault-bench access",
+        args.out.as_deref(),
+        true,
+        run(&args),
+    )
 }
 
 fn progress(msg: &str) {
     eprintln!("[bench access] {msg}");
-}
-
-fn error_text(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 /// Read phases of one server configuration, by name suffix.
@@ -180,7 +135,7 @@ async fn run(args: &AccessArgs) -> anyhow::Result<Value> {
     let (mut new_figures, new_reads) = match new {
         Ok(r) => r,
         Err(e) => {
-            context["error"] = json!(error_text(&e));
+            context["error"] = json!(crate::report::error_text(&e));
             context["server_log_tail"] = json!(srv.log_tail(20));
             (Vec::new(), (ReadSet::default(), ReadSet::default()))
         }
@@ -215,7 +170,7 @@ async fn run(args: &AccessArgs) -> anyhow::Result<Value> {
                     Some(reads)
                 }
                 Err(e) => {
-                    context["base_error"] = json!(error_text(&e));
+                    context["base_error"] = json!(crate::report::error_text(&e));
                     context["base_server_log_tail"] = json!(srv.log_tail(20));
                     None
                 }

@@ -100,47 +100,12 @@ struct AuditArgs {
 /// Entry point of `carevault-bench audit ...` (`argv` starts with `audit`).
 pub fn main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = AuditArgs::parse_from(argv);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("carevault-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = match runtime.block_on(run(&args)) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("carevault-bench audit: {msg}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = match serde_json::to_string_pretty(&report) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("carevault-bench: cannot format the report: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{text}");
-    if let Some(out) = &args.out
-        && let Err(e) = std::fs::write(out, format!("{text}\n"))
-    {
-        eprintln!("carevault-bench: cannot write {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
-    if report["pass"] == true {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    crate::report::finish_async(
+        "carevault-bench audit",
+        args.out.as_deref(),
+        true,
+        run(&args),
+    )
 }
 
 fn progress(msg: &str) {
@@ -156,13 +121,6 @@ fn loadavg() -> Value {
         .filter_map(|s| s.parse().ok())
         .collect();
     json!(v)
-}
-
-fn error_text(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
@@ -188,7 +146,7 @@ async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
                 figures.extend(figs);
                 context["append"] = ctx;
             }
-            Err(e) => context["append"] = json!({"error": error_text(&e)}),
+            Err(e) => context["append"] = json!({"error": crate::report::error_text(&e)}),
         }
     }
     context["loadavg"]["after_append"] = loadavg();
@@ -201,12 +159,15 @@ async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
                 context["log"] = ctx;
             }
             Err(e) => {
-                context["log"] = json!({"error": error_text(&e)});
+                context["log"] = json!({"error": crate::report::error_text(&e)});
                 figures.push(Figure::skipped(
                     "audit_verify",
                     "entries/s",
                     Floor::AtLeast(VERIFY_FLOOR),
-                    format!("the large-log part failed: {}", error_text(&e)),
+                    format!(
+                        "the large-log part failed: {}",
+                        crate::report::error_text(&e)
+                    ),
                 ));
             }
         }
@@ -234,12 +195,15 @@ async fn run(args: &AuditArgs) -> anyhow::Result<Value> {
                 context["reads"] = ctx;
             }
             Err(e) => {
-                context["reads"] = json!({"error": error_text(&e)});
+                context["reads"] = json!({"error": crate::report::error_text(&e)});
                 figures.push(Figure::skipped(
                     "read_patient_c16_audit_on_over_off",
                     "ratio",
                     Floor::AtLeast(READ_RATIO_FLOOR),
-                    format!("the read comparison failed: {}", error_text(&e)),
+                    format!(
+                        "the read comparison failed: {}",
+                        crate::report::error_text(&e)
+                    ),
                 ));
             }
         },

@@ -83,48 +83,7 @@ fn main() -> ExitCode {
         return policy_bench::main(std::env::args_os().skip(1));
     }
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("carevault-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args)) {
-        Ok(report) => {
-            let text = match serde_json::to_string_pretty(&report) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("carevault-bench: cannot format the report: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            println!("{text}");
-            if let Some(out) = &args.out
-                && let Err(e) = std::fs::write(out, format!("{text}\n"))
-            {
-                eprintln!("carevault-bench: cannot write {}: {e}", out.display());
-                return ExitCode::FAILURE;
-            }
-            if report["pass"] == true {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("carevault-bench: {msg}");
-            ExitCode::FAILURE
-        }
-    }
+    report::finish_async("carevault-bench", args.out.as_deref(), true, run(&args))
 }
 
 /// The repository root (this crate is `crates/bench`).

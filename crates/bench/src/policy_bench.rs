@@ -282,31 +282,10 @@ fn run(a: &PolicyArgs) -> anyhow::Result<Value> {
 /// Runs `carevault-bench policy ...`.
 pub fn main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = PolicyArgs::parse_from(argv);
-    let report = match run(&args) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("carevault-bench policy: {msg}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = match serde_json::to_string_pretty(&report) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("carevault-bench: cannot format the report: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{text}");
-    if let Some(out) = &args.out
-        && let Err(e) = std::fs::write(out, format!("{text}\n"))
-    {
-        eprintln!("carevault-bench: cannot write {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    crate::report::finish(
+        "carevault-bench policy",
+        run(&args),
+        args.out.as_deref(),
+        false,
+    )
 }

@@ -1,9 +1,73 @@
 //! The benchmark's JSON report: each figure beside its floor, its pass or fail, and its fraction
 //! of the bare-TLS ceiling.
 
+use std::path::Path;
+use std::process::ExitCode;
+
 use serde_json::{Value, json};
 
 use crate::stats::PhaseSummary;
+
+/// An error and its causes, as one line.
+pub fn error_text(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Runs a benchmark's `work` on a new multi-threaded runtime, then [`finish`]es it.
+pub fn finish_async<F>(name: &str, out: Option<&Path>, judged: bool, work: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => finish(name, runtime.block_on(work), out, judged),
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ends a benchmark run: the report as JSON on stdout and in `out`, or the error as one line on
+/// stderr. Exit status 0 when the report passed (or, not `judged`, when it was made), else 1.
+pub fn finish(
+    name: &str,
+    outcome: anyhow::Result<Value>,
+    out: Option<&Path>,
+    judged: bool,
+) -> ExitCode {
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: {}", error_text(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match serde_json::to_string_pretty(&report) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: cannot format the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{text}");
+    if let Some(out) = out
+        && let Err(e) = std::fs::write(out, format!("{text}\n"))
+    {
+        eprintln!("{name}: cannot write {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    if !judged || report["pass"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
 
 /// The largest share of failed requests a phase may have and still pass.
 pub const MAX_ERROR_RATE: f64 = 0.01;
