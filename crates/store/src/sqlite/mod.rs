@@ -33,9 +33,10 @@ const MAX_GROUP: usize = 256;
 const BUSY_TIMEOUT_MS: u64 = 30_000;
 /// How often journaled read entries are folded into the audit log while reads come. Each fold
 /// is a commit to the main database, which makes every reader connection drop its page cache
-/// and adds to the checkpoints: at 100 ms these cost loaded reads about 20 µs each, at 1 s a
-/// few (`perf`, docs/benchmarks.md "session 7"). Anything that reads the log folds first, so
-/// the spacing only delays the SIEM streams, by at most this much.
+/// and adds to the checkpoints: at 100 ms the SQLite reads of loaded audited reads took about
+/// 20 µs more CPU each than without audit, at 1 s 7–15 µs (`perf`, docs/benchmarks.md "session
+/// 7"). Anything that reads the log folds first, so the spacing only delays the SIEM streams,
+/// by at most this much.
 const FOLD_SPACING: Duration = Duration::from_secs(1);
 /// Most journaled entries one fold job appends.
 const FOLD_BATCH: usize = 8192;
