@@ -372,7 +372,7 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
             journaled,
             journal_secs,
             journal_err,
-            format!("16 threads each calling Store::journal_audit with one entry (the server's path for reads and refusals); every call returns after the journal's group commit (fsync), while the store's fold thread moves entries into the log every 100 ms; folding what was left at the end took {settle_ms:.0} ms"),
+            format!("16 threads each calling Store::journal_audit with one entry (the server's path for reads and refusals); every call returns after the journal's group commit (fsync), while the store's fold thread moves entries into the log every second; folding what was left at the end took {settle_ms:.0} ms"),
         ),
         fig(
             "audit_append_durable_batch1000",
@@ -1058,7 +1058,7 @@ async fn read_comparison(
             format!("read_patient_c{c}_audit_on"),
             r_on,
             c_on,
-            "mean over rounds; the current build: every read makes one AuditEvent durable in the read journal (group commit, fsync) before the response, folded into the log every 100 ms",
+            "mean over rounds; the current build: every read makes one AuditEvent durable in the read journal (group commit, fsync) before the response, folded into the log every second",
         ));
         let name = format!("read_patient_c{c}_audit_on_over_off");
         figures.push(Figure {

@@ -240,6 +240,7 @@ fn prepare_range(
         message: format!("entry {seq} {why}"),
     };
     let stop = || carevault_store::StoreError::Backend("stopped at a bad entry".into());
+    let opener = keyring.opener();
     let read = reader.audit_visit(after, upto, &mut |row| {
         let Ok(chain) = <[u8; 32]>::try_from(row.chain) else {
             bad = Some(altered(
@@ -249,7 +250,7 @@ fn prepare_range(
             return Err(stop());
         };
         audit_log::identity_into(row.seq, &mut scratch.identity);
-        if let Err(e) = keyring.open_into(&scratch.identity, row.sealed, &mut scratch.plain) {
+        if let Err(e) = opener.open_into(&scratch.identity, row.sealed, &mut scratch.plain) {
             bad = Some(altered(
                 row.seq,
                 format!("cannot be opened ({e}); it was changed or sealed under another key"),
