@@ -405,27 +405,29 @@ fn gathering_store(
 }
 
 #[test]
-fn a_group_commit_waits_for_requests_in_progress_and_then_carries_them_all_in_one_fsync() {
+fn a_group_commit_waits_while_more_requests_are_in_progress_than_queued_and_carries_them_in_one_fsync()
+ {
     // Long enough that only the requests' releases can end the wait.
     let (_dir, store, gathering) = gathering_store(std::time::Duration::from_secs(600));
-    // Three requests in progress; the first two queue their entries and release.
-    let mut expectations: Vec<_> = (0..3).map(|_| store.expect_journal()).collect();
+    // Five requests in progress; the first two queue their entries and release.
+    let mut expectations: Vec<_> = (0..5).map(|_| store.expect_journal()).collect();
     let groups_before = gathering.groups();
     let mut pending = Vec::new();
     for (i, e) in expectations.iter_mut().take(2).enumerate() {
         pending.push(journal_async(&store, &format!("g{i}")));
         e.release();
     }
-    // The third is still being answered: nothing is committed yet.
+    // Three are still being answered, more than the two queued: nothing is committed yet.
     std::thread::sleep(std::time::Duration::from_millis(200));
     for p in &pending {
         assert!(
             p.try_recv().is_err(),
-            "an entry was committed while a request that will journal was still in progress"
+            "an entry was committed while more requests that will journal were in progress than queued"
         );
     }
     assert_eq!(gathering.groups(), groups_before);
-    // The third queues and releases: one commit carries all three.
+    // The third queues and releases: three queued, two in progress, so one commit carries the
+    // three while the other two are still being answered.
     pending.push(journal_async(&store, "g2"));
     expectations[2].release();
     for p in pending {
@@ -436,25 +438,36 @@ fn a_group_commit_waits_for_requests_in_progress_and_then_carries_them_all_in_on
         groups_before + 1,
         "one fsync for the three"
     );
+    // The fourth queues while the fifth is in progress: one queued is as many as one still
+    // coming, so it commits without waiting; then the fifth alone.
+    let fourth = journal_async(&store, "g3");
+    expectations[3].release();
+    fourth.recv_timeout(PATIENCE).unwrap().unwrap();
+    assert_eq!(gathering.groups(), groups_before + 2);
+    let fifth = journal_async(&store, "g4");
+    expectations[4].release();
+    fifth.recv_timeout(PATIENCE).unwrap().unwrap();
+    assert_eq!(gathering.groups(), groups_before + 3);
     store.settle_audit().unwrap();
     assert_eq!(
         assert_log_is_sound(&store),
-        vec![b"g0".to_vec(), b"g1".to_vec(), b"g2".to_vec()]
+        ["g0", "g1", "g2", "g3", "g4"].map(|s| s.as_bytes().to_vec())
     );
 }
 
 #[test]
 fn a_request_that_never_journals_delays_a_group_commit_by_at_most_the_gathering_limit() {
     let (_dir, store, gathering) = gathering_store(std::time::Duration::from_millis(50));
-    // A request in progress that is slow (or stuck) and holds its expectation throughout.
-    let stuck = store.expect_journal();
+    // Two requests in progress that are slow (or stuck) and hold their expectations
+    // throughout: more than the one entry queued at a time, so each commit waits for them.
+    let stuck = [store.expect_journal(), store.expect_journal()];
     for i in 0..3 {
         journal_async(&store, &format!("s{i}"))
             .recv_timeout(PATIENCE)
             .expect("the commit waited for the stuck request beyond its limit")
             .unwrap();
     }
-    // A request dropped without journaling (cancelled) stops counting too.
+    // Requests dropped without journaling (cancelled) stop counting too.
     gathering.set_max_gather(std::time::Duration::from_secs(600));
     let pending = journal_async(&store, "after");
     drop(stuck);

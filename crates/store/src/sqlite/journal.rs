@@ -94,10 +94,14 @@ type Shared = Arc<(Mutex<Queue>, Condvar)>;
 ///
 /// Every fsync costs the same whether it carries one entry or a hundred, and under load most
 /// groups would carry one or two: the entries of requests still being answered arrive just after
-/// the commit started. So a group commit waits, at most [`MAX_GATHER`], while requests that will
-/// journal are still in progress, and commits as soon as none is: requests in progress at the
-/// same time share one fsync (as PostgreSQL's `commit_delay` with `commit_siblings`). A lone
-/// request never waits, since its own entry is the last one expected.
+/// the commit started. So a group commit waits, at most [`MAX_GATHER`], while more requests that
+/// will journal are still in progress than have queued their entries, and commits as soon as the
+/// queued ones are at least as many (as PostgreSQL's `commit_delay` with `commit_siblings`,
+/// driven by the requests actually in progress). Waiting for every request in progress would
+/// make the groups larger, but under steady load it ends with every request waiting on the
+/// fsync and the processors idle meanwhile (12–15 % idle at 16 connections, docs/benchmarks.md
+/// "session 8"); committing at half keeps the other half being answered during the fsync. A
+/// lone request never waits, since its own entry is the last one expected.
 pub struct Expected {
     count: AtomicUsize,
     queue: Shared,
@@ -121,17 +125,21 @@ impl Expected {
     }
 
     pub(crate) fn remove(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last one: a gathering writer may commit now. Notifying under the lock means
-            // the writer is either waiting (and woken) or has not yet read the count.
-            let (m, cv) = &*self.queue;
-            let _q = lock(m);
+        let left = self.count.fetch_sub(1, Ordering::AcqRel) - 1;
+        // A gathering writer may commit once the queued entries are at least as many as the
+        // requests still in progress. Checking and notifying under the lock means the writer
+        // is either waiting (and woken) or has not yet read the count.
+        let (m, cv) = &*self.queue;
+        let q = lock(m);
+        if !q.waiting.is_empty() && q.waiting.len() >= left {
             cv.notify_one();
         }
     }
 
-    fn in_progress(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
+    /// Whether a group of `queued` entries should wait for more: more requests that will
+    /// journal are still in progress than have queued.
+    fn worth_waiting(&self, queued: usize) -> bool {
+        self.count.load(Ordering::Acquire) > queued
     }
 
     fn max_gather(&self) -> Duration {
@@ -265,8 +273,8 @@ impl ReadJournal {
             return;
         }
         q.waiting.push((entry, done));
-        // The writer waits on an empty queue, or while gathering (until the last expected
-        // request releases, which wakes it), so only the first entry needs to wake it.
+        // The writer waits on an empty queue, or while gathering (until enough expected
+        // requests have queued, whose releases wake it), so only the first entry needs to.
         if q.waiting.len() == 1 {
             cv.notify_one();
         }
@@ -439,7 +447,10 @@ fn writer_loop(
                 break;
             }
             let deadline = Instant::now() + expected.max_gather();
-            while expected.in_progress() && q.waiting.len() < MAX_GROUP && !q.closed {
+            while expected.worth_waiting(q.waiting.len())
+                && q.waiting.len() < MAX_GROUP
+                && !q.closed
+            {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
