@@ -182,15 +182,7 @@ fn status(data: &Path, as_json: bool) -> anyhow::Result<()> {
                 "audit_entries_waiting_in_read_journal": sum("audit_journal", k.id, false),
                 "patient_keys": sum("patient_key", k.id, false),
             });
-            let used = [
-                "ver",
-                "system_record",
-                "audit_log",
-                "audit_journal",
-                "patient_key",
-            ]
-            .iter()
-            .any(|t| sum(t, k.id, false) > 0);
+            let used = store_keys::in_use(&usage, k.id);
             entry["state"] = json!(match (k.id == current, k.state, used) {
                 (true, _, _) => "current",
                 (false, KeyState::Retired, true) | (false, KeyState::Active, true) => {
@@ -433,7 +425,7 @@ fn rotate_data(data: &Path, args: &RotateArgs) -> anyhow::Result<()> {
         .keys()?
         .iter()
         .filter(|k| k.purpose == KeyPurpose::Data && k.id != target)
-        .filter(|k| !usage.iter().any(|u| u.key_id == k.id && u.rows > 0))
+        .filter(|k| !store_keys::in_use(&usage, k.id))
         .map(|k| k.id)
         .collect();
     handle.remove_data_keys(&unused)?;

@@ -274,6 +274,12 @@ pub fn key_usage(store: &dyn Store) -> Result<Vec<KeyUsage>, RestError> {
     Ok(usage)
 }
 
+/// Whether anything in `usage` ([`key_usage`]) is sealed under data key `key_id`: the one rule
+/// for whether a key is still in use, which `keys list` shows and rotation removes keys by.
+pub fn in_use(usage: &[KeyUsage], key_id: u32) -> bool {
+    usage.iter().any(|u| u.key_id == key_id && u.rows > 0)
+}
+
 /// The outcome of `carevault patient erase`, for the operator and the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
