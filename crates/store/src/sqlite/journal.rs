@@ -18,7 +18,13 @@
 //!
 //! Entries are sealed under the data key to `audit-journal/<id>/<number>`, so a row cannot be
 //! moved to another number or journal without its opening failing.
+//!
+//! The writer also keeps what it made durable in memory, in journal order ([`Recent`]), until it
+//! is folded: a fold of this process's own entries takes them from there instead of selecting,
+//! opening and hashing each row again. Anything else — rows of a crashed or another process, or
+//! a gap where memory was full — is read from the file, so memory is only a shortcut.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,6 +42,9 @@ use crate::error::{RestError, StoreError};
 const MAX_GROUP: usize = 4096;
 /// The longest a group commit waits for requests in progress to queue their entries.
 const MAX_GATHER: Duration = Duration::from_millis(1);
+/// Most durable entries kept in memory for the fold ([`Recent`]); past this, groups are left to
+/// be read back from the file.
+const RECENT_MAX: usize = 2 * super::FOLD_BATCH;
 /// Entries journaled but not yet folded beyond which new ones are refused: a log that cannot
 /// keep up (or cannot be written) must stop reads rather than let the journal grow without end.
 pub(crate) const MAX_BACKLOG: u64 = 262_144;
@@ -68,17 +77,53 @@ pub(crate) fn journal_path(store: &Path) -> PathBuf {
     store.with_file_name(format!("{stem}.audit-journal.db"))
 }
 
-/// The identity an entry is sealed to.
+/// The identity an entry is sealed to: `audit-journal/<id in hex>/<jseq>`.
 fn identity(id: &[u8; 16], jseq: u64) -> Vec<u8> {
     use std::io::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"audit-journal/");
     for b in id {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{b:02x}");
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
     }
+    // Writing into a Vec cannot fail.
     let _ = write!(out, "/{jseq}");
     out
+}
+
+/// Entries this process made durable and has not yet seen folded, in journal order, each with
+/// its number: what a fold would otherwise select, open and hash again. At most [`RECENT_MAX`];
+/// a group that does not fit is not kept, and the fold reads it from the file.
+#[derive(Default)]
+struct Recent(VecDeque<(u64, PreparedAppend)>);
+
+impl Recent {
+    /// Keeps `entries`, numbered `first`, `first + 1`, …, when they fit.
+    fn keep(&mut self, first: u64, entries: Vec<PreparedAppend>) {
+        if self.0.len() + entries.len() > RECENT_MAX {
+            return;
+        }
+        self.0.extend((first..).zip(entries));
+    }
+
+    /// Up to `limit` entries numbered `after + 1`, `after + 2`, … without a gap, taken out;
+    /// none when the first kept entry is not `after + 1` (the file must be read then). Entries
+    /// at or below `after` are folded and dropped.
+    fn take_after(&mut self, after: u64, limit: usize) -> Vec<JournalRow> {
+        while self.0.front().is_some_and(|(j, _)| *j <= after) {
+            self.0.pop_front();
+        }
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while out.len() < limit && self.0.front().is_some_and(|(j, _)| *j == next) {
+            if let Some((jseq, entry)) = self.0.pop_front() {
+                out.push(JournalRow { jseq, entry });
+            }
+            next += 1;
+        }
+        out
+    }
 }
 
 #[derive(Default)]
@@ -177,6 +222,8 @@ pub(crate) struct ReadJournal {
     durable: Arc<AtomicU64>,
     /// The highest journal number known to be folded into the log.
     folded: AtomicU64,
+    /// What this process made durable and a fold has not yet taken.
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl std::fmt::Debug for ReadJournal {
@@ -228,15 +275,18 @@ impl ReadJournal {
             max_gather_us: AtomicU64::new(MAX_GATHER.as_micros() as u64),
             groups: AtomicU64::new(0),
         });
-        let (q, e, d, k) = (
-            queue.clone(),
-            expected.clone(),
-            durable.clone(),
-            keyring.clone(),
-        );
+        let recent: Arc<Mutex<Recent>> = Arc::default();
+        let writer_side = WriterSide {
+            queue: queue.clone(),
+            expected: expected.clone(),
+            durable: durable.clone(),
+            recent: recent.clone(),
+            keyring: keyring.clone(),
+            id,
+        };
         let writer = std::thread::Builder::new()
             .name("carevault-audit-journal".into())
-            .spawn(move || writer_loop(conn, &q, &e, &d, &k, id))
+            .spawn(move || writer_loop(conn, &writer_side))
             .map_err(|e| open_err(format!("the journal thread could not start: {e}")))?;
         Ok(ReadJournal {
             id,
@@ -247,6 +297,7 @@ impl ReadJournal {
             side: Mutex::new(side),
             durable,
             folded: AtomicU64::new(0),
+            recent,
         })
     }
 
@@ -298,9 +349,15 @@ impl ReadJournal {
     }
 
     /// Up to `limit` journaled entries after the last one known to be folded, in journal
-    /// order, opened and hashed. An entry that cannot be opened is an integrity error naming it.
+    /// order, opened and hashed: this process's own from memory when they follow that mark
+    /// without a gap, else from the file. An entry that cannot be opened is an integrity error
+    /// naming it.
     pub(crate) fn pending(&self, limit: usize) -> Result<Vec<JournalRow>, StoreError> {
         let after = self.folded.load(Ordering::Acquire);
+        let kept = lock(&self.recent).take_after(after, limit);
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
         let stored: Vec<(u64, i64, Vec<u8>, Vec<u8>)> = {
             let side = lock(&self.side);
             let mut stmt = side.prepare_cached(
@@ -428,14 +485,25 @@ fn journal_id(conn: &Connection) -> Result<[u8; 16], StoreError> {
     Ok(id)
 }
 
-fn writer_loop(
-    conn: Connection,
-    queue: &Shared,
-    expected: &Expected,
-    durable: &AtomicU64,
-    keyring: &Keyring,
+/// What the journal's writer thread shares with the store.
+struct WriterSide {
+    queue: Shared,
+    expected: Arc<Expected>,
+    durable: Arc<AtomicU64>,
+    recent: Arc<Mutex<Recent>>,
+    keyring: Arc<Keyring>,
     id: [u8; 16],
-) {
+}
+
+fn writer_loop(conn: Connection, side: &WriterSide) {
+    let WriterSide {
+        queue,
+        expected,
+        durable,
+        recent,
+        keyring,
+        id,
+    } = side;
     let (m, cv) = &**queue;
     loop {
         let group: Vec<(PreparedAppend, JournalDone)> = {
@@ -464,8 +532,10 @@ fn writer_loop(
             q.waiting.drain(..n).collect()
         };
         let (entries, dones): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        match write_group(&conn, keyring, &id, &entries) {
+        match write_group(&conn, keyring, id, &entries) {
             Ok(last) => {
+                let first = last + 1 - entries.len() as u64;
+                lock(recent).keep(first, entries);
                 durable.fetch_max(last, Ordering::AcqRel);
                 expected.groups.fetch_add(1, Ordering::AcqRel);
                 for done in dones {
@@ -525,4 +595,69 @@ fn insert_group(
         insert.execute(params![jseq as i64, e.recorded_ms, sealed, tags])?;
     }
     Ok(jseq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECENT_MAX, Recent, identity};
+    use crate::audit_log::PreparedAppend;
+
+    fn entries(n: usize) -> Vec<PreparedAppend> {
+        (0..n)
+            .map(|i| PreparedAppend {
+                recorded_ms: i as i64,
+                canonical: format!("e{i}").into_bytes(),
+                leaf: [i as u8; 32],
+                tags: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn numbers(rows: &[super::JournalRow]) -> Vec<u64> {
+        rows.iter().map(|r| r.jseq).collect()
+    }
+
+    #[test]
+    fn an_entry_is_sealed_to_the_journal_id_in_lowercase_hex_and_its_number() {
+        let id = [
+            0x00, 0x01, 0x0f, 0x10, 0x7a, 0x80, 0x9b, 0xa5, 0xc3, 0xd0, 0xe1, 0xf0, 0xfe, 0xff,
+            0x42, 0x24,
+        ];
+        assert_eq!(
+            identity(&id, 1234),
+            b"audit-journal/00010f107a809ba5c3d0e1f0feff4224/1234".to_vec()
+        );
+    }
+
+    #[test]
+    fn kept_entries_are_taken_in_order_from_the_mark_and_only_without_a_gap() {
+        let mut recent = Recent::default();
+        recent.keep(1, entries(3));
+        // Numbers 4 and 5 were made durable by another process: a gap in what this one holds.
+        recent.keep(6, entries(2));
+        let first = recent.take_after(0, 100);
+        assert_eq!(numbers(&first), vec![1, 2, 3]);
+        assert_eq!(first[2].entry.canonical, b"e2");
+        // After mark 3 the next kept one is 6: the fold must read 4 and 5 from the file.
+        assert!(recent.take_after(3, 100).is_empty());
+        // Once a fold from the file reached 5, the kept ones follow again; the limit holds.
+        assert_eq!(numbers(&recent.take_after(5, 1)), vec![6]);
+        assert_eq!(numbers(&recent.take_after(6, 1)), vec![7]);
+        assert!(recent.take_after(7, 100).is_empty());
+    }
+
+    #[test]
+    fn kept_entries_at_or_below_a_mark_are_dropped_and_a_full_memory_keeps_no_more() {
+        let mut recent = Recent::default();
+        recent.keep(1, entries(4));
+        // Another process folded up to 3.
+        assert_eq!(numbers(&recent.take_after(3, 100)), vec![4]);
+        let mut full = Recent::default();
+        full.keep(1, entries(RECENT_MAX - 1));
+        // A group that does not fit is not kept (not even in part); the file has it.
+        full.keep(RECENT_MAX as u64, entries(2));
+        let all = full.take_after(0, usize::MAX);
+        assert_eq!(all.len(), RECENT_MAX - 1);
+        assert_eq!(all.last().map(|r| r.jseq), Some(RECENT_MAX as u64 - 1));
+    }
 }
