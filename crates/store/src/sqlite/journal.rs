@@ -109,20 +109,21 @@ impl Recent {
 
     /// Up to `limit` entries numbered `after + 1`, `after + 2`, … without a gap, taken out;
     /// none when the first kept entry is not `after + 1` (the file must be read then). Entries
-    /// at or below `after` are folded and dropped.
-    fn take_after(&mut self, after: u64, limit: usize) -> Vec<JournalRow> {
+    /// at or below `after` are folded and dropped. Only the count is found under the caller's
+    /// lock; the entries move out in one piece.
+    fn take_after(&mut self, after: u64, limit: usize) -> VecDeque<(u64, PreparedAppend)> {
         while self.0.front().is_some_and(|(j, _)| *j <= after) {
             self.0.pop_front();
         }
-        let mut out = Vec::new();
-        let mut next = after + 1;
-        while out.len() < limit && self.0.front().is_some_and(|(j, _)| *j == next) {
-            if let Some((jseq, entry)) = self.0.pop_front() {
-                out.push(JournalRow { jseq, entry });
-            }
-            next += 1;
-        }
-        out
+        let run = self
+            .0
+            .iter()
+            .zip(after + 1..)
+            .take(limit)
+            .take_while(|((j, _), want)| j == want)
+            .count();
+        let rest = self.0.split_off(run);
+        std::mem::replace(&mut self.0, rest)
     }
 }
 
@@ -356,7 +357,10 @@ impl ReadJournal {
         let after = self.folded.load(Ordering::Acquire);
         let kept = lock(&self.recent).take_after(after, limit);
         if !kept.is_empty() {
-            return Ok(kept);
+            return Ok(kept
+                .into_iter()
+                .map(|(jseq, entry)| JournalRow { jseq, entry })
+                .collect());
         }
         let stored: Vec<(u64, i64, Vec<u8>, Vec<u8>)> = {
             let side = lock(&self.side);
@@ -599,6 +603,8 @@ fn insert_group(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::{RECENT_MAX, Recent, identity};
     use crate::audit_log::PreparedAppend;
 
@@ -613,8 +619,8 @@ mod tests {
             .collect()
     }
 
-    fn numbers(rows: &[super::JournalRow]) -> Vec<u64> {
-        rows.iter().map(|r| r.jseq).collect()
+    fn numbers(rows: &VecDeque<(u64, PreparedAppend)>) -> Vec<u64> {
+        rows.iter().map(|(j, _)| *j).collect()
     }
 
     #[test]
@@ -637,7 +643,7 @@ mod tests {
         recent.keep(6, entries(2));
         let first = recent.take_after(0, 100);
         assert_eq!(numbers(&first), vec![1, 2, 3]);
-        assert_eq!(first[2].entry.canonical, b"e2");
+        assert_eq!(first[2].1.canonical, b"e2");
         // After mark 3 the next kept one is 6: the fold must read 4 and 5 from the file.
         assert!(recent.take_after(3, 100).is_empty());
         // Once a fold from the file reached 5, the kept ones follow again; the limit holds.
@@ -658,6 +664,6 @@ mod tests {
         full.keep(RECENT_MAX as u64, entries(2));
         let all = full.take_after(0, usize::MAX);
         assert_eq!(all.len(), RECENT_MAX - 1);
-        assert_eq!(all.last().map(|r| r.jseq), Some(RECENT_MAX as u64 - 1));
+        assert_eq!(all.back().map(|(j, _)| *j), Some(RECENT_MAX as u64 - 1));
     }
 }
