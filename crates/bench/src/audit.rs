@@ -334,6 +334,11 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
         "audit append: 16 threads, 1 entry per call into the read journal, {} s",
         limit.as_secs()
     ));
+    let cpu_before = (
+        threads_cpu(JOURNAL_THREAD),
+        threads_cpu(FOLD_THREAD),
+        threads_cpu(STORE_THREADS),
+    );
     let (journaled, journal_secs, journal_err) =
         append_run(&store, 16, 1, limit, 2_000_000, AppendPath::Journal);
     let settle = Instant::now();
@@ -341,6 +346,13 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
         .settle_audit()
         .context("cannot fold the read journal")?;
     let settle_ms = settle.elapsed().as_secs_f64() * 1000.0;
+    let cpu_per_entry = |before: Option<f64>, prefix: &str| -> Option<f64> {
+        let used = threads_cpu(prefix)? - before?;
+        (journaled > 0).then(|| used * 1e6 / journaled as f64)
+    };
+    let journal_cpu = cpu_per_entry(cpu_before.0, JOURNAL_THREAD);
+    let fold_cpu = cpu_per_entry(cpu_before.1, FOLD_THREAD);
+    let store_cpu = cpu_per_entry(cpu_before.2, STORE_THREADS);
     // Large batches: 1000 entries per durable call from 2 threads (one builds while the other
     // waits for its commit).
     progress(&format!(
@@ -374,6 +386,21 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
             journal_err,
             format!("16 threads each calling Store::journal_audit with one entry (the server's path for reads and refusals); every call returns after the journal's group commit (fsync), while the store's fold thread moves entries into the log every second; folding what was left at the end took {settle_ms:.0} ms"),
         ),
+        cpu_figure(
+            "audit_journal_writer_cpu_per_journaled_entry_t16",
+            journal_cpu,
+            "CPU (user + system) of the read journal's writer thread during the 16-thread journal run and the final fold, per entry journaled: its group commits (sealing, SQLite, fsync)",
+        ),
+        cpu_figure(
+            "audit_fold_thread_cpu_per_journaled_entry_t16",
+            fold_cpu,
+            "CPU of the store's fold thread over the same span, per entry journaled: taking entries from memory or reading and opening them from the journal file, and deleting folded rows",
+        ),
+        cpu_figure(
+            "audit_store_writer_cpu_per_journaled_entry_t16",
+            store_cpu,
+            "CPU of the main store's writer and checkpointer (`carevault-store-*`) over the same span, per entry journaled: the folds' appends (chain, Merkle nodes, sealing, search keys) and their checkpoints",
+        ),
         fig(
             "audit_append_durable_batch1000",
             batched,
@@ -391,6 +418,62 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
             "event": "read of Patient/<one of 10,000> by a client, with address, user agent, request id",
         }),
     ))
+}
+
+/// The name (as `/proc` shows it, cut to 15 bytes) of the read journal's writer thread.
+const JOURNAL_THREAD: &str = "carevault-audit";
+/// The name of the store's fold thread.
+const FOLD_THREAD: &str = "carevault-fold";
+/// The same for the main store's writer and checkpoint threads.
+const STORE_THREADS: &str = "carevault-store";
+/// Clock ticks per second of `/proc/.../stat` times (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system) used so far by this process's live threads whose name starts
+/// with `prefix`; `None` where `/proc` cannot be read.
+fn threads_cpu(prefix: &str) -> Option<f64> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        ticks += stat_cpu_ticks(&stat)?;
+    }
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// utime + stime from a `/proc/<pid>/task/<tid>/stat` line. The name in parentheses may hold
+/// spaces, so fields are counted after its closing parenthesis: state is field 3, utime 14 and
+/// stime 15.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_ascii_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn cpu_figure(name: &str, value: Option<f64>, note: &str) -> Figure {
+    match value {
+        Some(v) => Figure {
+            value: Some(v),
+            note: Some(format!("{note}; /proc thread times, 10 ms resolution")),
+            ..Figure::skipped(name, "µs/entry", Floor::None, "")
+        },
+        None => Figure::skipped(
+            name,
+            "µs/entry",
+            Floor::None,
+            "the threads' CPU times could not be read from /proc/self/task",
+        ),
+    }
 }
 
 /// Where [`append_run`] appends.
@@ -1146,6 +1229,29 @@ mod tests {
         assert_eq!(r, vec![0.5, 0.9, 0.7]);
         assert_eq!(median(&mut r.clone()), Some(0.7));
         assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn thread_cpu_is_utime_plus_stime_counted_after_the_name() {
+        // A thread name with spaces and a parenthesis; utime 1234, stime 56.
+        let line = "4242 (carevault (x) y) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0 1 0 77";
+        assert_eq!(stat_cpu_ticks(line), Some(1290));
+        assert_eq!(stat_cpu_ticks("4242 (short) S 1 2"), None);
+        // This test's own thread is named after the test: spinning, it must see its own CPU
+        // time grow past zero (within a bounded time), and a name no thread has sees none.
+        let name = std::thread::current()
+            .name()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let prefix: String = name.chars().take(15).collect();
+        let start = std::time::Instant::now();
+        let mut seen = 0.0;
+        while seen == 0.0 && start.elapsed() < Duration::from_secs(5) {
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+            seen = threads_cpu(&prefix).unwrap_or(0.0);
+        }
+        assert!(seen > 0.0, "no CPU time seen for threads named {prefix}*");
+        assert_eq!(threads_cpu("no-such-thread-name"), Some(0.0));
     }
 
     #[test]

@@ -42,9 +42,10 @@ use crate::error::{RestError, StoreError};
 const MAX_GROUP: usize = 4096;
 /// The longest a group commit waits for requests in progress to queue their entries.
 const MAX_GATHER: Duration = Duration::from_millis(1);
-/// Most durable entries kept in memory for the fold ([`Recent`]); past this, groups are left to
-/// be read back from the file.
-const RECENT_MAX: usize = 2 * super::FOLD_BATCH;
+/// Most durable entries kept in memory for the fold ([`Recent`]), about 32 MiB at most: more
+/// than a second's reads (the fold spacing) at any rate this server reaches; past it, groups are
+/// left to be read back from the file.
+const RECENT_MAX: usize = 8 * super::FOLD_BATCH;
 /// Entries journaled but not yet folded beyond which new ones are refused: a log that cannot
 /// keep up (or cannot be written) must stop reads rather than let the journal grow without end.
 pub(crate) const MAX_BACKLOG: u64 = 262_144;

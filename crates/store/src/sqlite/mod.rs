@@ -69,7 +69,8 @@ pub fn open_sqlite(path: &Path, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>,
     }
     let weak = Arc::downgrade(&store);
     std::thread::Builder::new()
-        .name("carevault-audit-fold".into())
+        // Distinct from the journal writer's name within the 15 bytes `/proc` keeps.
+        .name("carevault-fold".into())
         .spawn(move || fold_loop(&weak))
         .map_err(|e| StoreError::Open {
             path: path.display().to_string(),
