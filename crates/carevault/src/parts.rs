@@ -11,6 +11,11 @@ pub struct Parts {
 
 /// Opens keys and store of an existing (or just prepared) data directory.
 pub fn open(data: &Path) -> anyhow::Result<Parts> {
+    open_with(data, &carevault_store::StoreOptions::default())
+}
+
+/// [`open`], with the store opened with `options`.
+pub fn open_with(data: &Path, options: &carevault_store::StoreOptions) -> anyhow::Result<Parts> {
     let keys = carevault_crypto::open_or_init(data)
         .with_context(|| format!("cannot open the keys of {}", data.display()))?;
     let store_dir = data.join("store");
@@ -19,8 +24,12 @@ pub fn open(data: &Path) -> anyhow::Result<Parts> {
             .with_context(|| format!("cannot create {}", store_dir.display()))?;
         restrict(&store_dir)?;
     }
-    let store = carevault_store::open_sqlite(&store_dir.join("carevault.db"), keys.keyring.clone())
-        .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
+    let store = carevault_store::open_sqlite_with(
+        &store_dir.join("carevault.db"),
+        keys.keyring.clone(),
+        options,
+    )
+    .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
     Ok(Parts {
         keys,
         rest: carevault_store::Rest::new(store),

@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     let cert = data.join(&config.tls.cert);
     let key = data.join(&config.tls.key);
     let prepared = carevault_server::datadir::prepare(&data, (&cert, &key))?;
-    let parts = crate::parts::open(&data)?;
+    let parts = crate::parts::open_with(&data, &config.audit.store_options())?;
     carevault_server::datadir::create_first_admin(&data, parts.rest.store().clone())?;
     let identity = carevault_server::tls::Identity::load(&cert, &key)?;
     let fingerprint = identity.fingerprint();

@@ -52,6 +52,15 @@ impl Default for AccessSettings {
     }
 }
 
+impl AuditSettings {
+    /// What the store is opened with.
+    pub fn store_options(&self) -> carevault_store::StoreOptions {
+        carevault_store::StoreOptions {
+            journal_max_bytes: self.journal_max_mib << 20,
+        }
+    }
+}
+
 impl AccessSettings {
     /// The care-relationship windows (PRODUCT.md 2.3).
     pub fn care_windows(&self) -> carevault_store::care::CareWindows {
@@ -74,6 +83,9 @@ pub struct AuditSettings {
     pub node: String,
     /// How often a signed checkpoint is written when the log has grown.
     pub checkpoint_interval_seconds: u64,
+    /// The most disk, in MiB, the read journal may take: it holds reads' entries until they
+    /// join the log, and reads are refused when it is full.
+    pub journal_max_mib: u64,
 }
 
 /// `[siem]`
@@ -95,6 +107,7 @@ impl Default for AuditSettings {
         Self {
             node: String::new(),
             checkpoint_interval_seconds: 60,
+            journal_max_mib: 1024,
         }
     }
 }
@@ -207,6 +220,10 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 # node = ""
 # A signed checkpoint of the audit log is written this often when the log has grown, and at shutdown.
 # checkpoint_interval_seconds = 60
+# The most disk, in MiB, the read journal may take. It holds the audit entries of reads until they
+# join the log (every second); it grows past its first 16 MiB only while the log falls behind,
+# and reads are refused with 503 when it is full.
+# journal_max_mib = 1024
 
 [siem]
 # Stream every audit entry as RFC 5424 syslog over TLS (RFC 5425) to this collector ("host:port").
@@ -378,6 +395,9 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
             return bad("audit.checkpoint_interval_seconds must be between 1 and 86400");
+        }
+        if !(1..=65_536).contains(&self.audit.journal_max_mib) {
+            return bad("audit.journal_max_mib must be between 1 and 65536");
         }
         if !self.siem.syslog_address.is_empty() && self.siem.syslog_ca_file.as_os_str().is_empty() {
             return bad(

@@ -130,6 +130,14 @@ impl ApiError {
                     ),
                 )
             }
+            RestError::AuditUnavailable(detail) => {
+                tracing::error!(request_id, error = %detail, "the audit trail could not be written; write refused");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "The audit trail could not be written, so nothing was stored; retry later.",
+                )
+            }
             other => {
                 tracing::error!(request_id, error = %other, "store failure");
                 Self::internal(request_id)

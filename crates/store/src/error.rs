@@ -72,6 +72,9 @@ pub enum RestError {
     /// 500/503: any other storage failure.
     #[error("the store failed: {0}")]
     Store(String),
+    /// 503: the write's audit entry could not be appended with it, so nothing was stored.
+    #[error("the audit trail could not be written: {0}")]
+    AuditUnavailable(String),
 }
 
 impl RestError {
@@ -113,6 +116,7 @@ impl RestError {
             RestError::Conflict(_) => 409,
             RestError::NotSupported(_) => 501,
             RestError::Integrity(_) | RestError::Store(_) => 500,
+            RestError::AuditUnavailable(_) => 503,
         }
     }
 
@@ -149,6 +153,11 @@ impl RestError {
             }
             RestError::NotSupported(_) => vec![issue("not-supported", self.to_string(), None)],
             RestError::Forbidden(m) => vec![issue("forbidden", m.clone(), None)],
+            RestError::AuditUnavailable(_) => vec![issue(
+                "transient",
+                "The audit trail could not be written, so nothing was stored; retry later.".into(),
+                None,
+            )],
             RestError::Integrity(_) | RestError::Store(_) => {
                 vec![issue(
                     "exception",

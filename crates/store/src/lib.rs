@@ -47,7 +47,7 @@ pub use error::{RestError, StoreError};
 pub use rest::{Rest, Stored, Written};
 pub use search::visibility::{Access, AccessRule, Op, Visibility};
 pub use search::{HistoryRequest, SearchRequest};
-pub use sqlite::{SqliteStore, open_sqlite};
+pub use sqlite::{SqliteStore, StoreOptions, open_sqlite, open_sqlite_with};
 pub use write_audit::{AuditHook, WriteFact};
 
 #[cfg(test)]

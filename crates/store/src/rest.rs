@@ -610,7 +610,8 @@ impl Rest {
             let value = job(&mut rec)?;
             let facts = rec.into_facts();
             for entry in hook(&facts) {
-                crate::audit_log::append(tx, &keyring, &entry)?;
+                crate::audit_log::append(tx, &keyring, &entry)
+                    .map_err(|e| RestError::AuditUnavailable(e.to_string()))?;
             }
             Ok(value)
         })

@@ -321,14 +321,6 @@ fn sql(data: &Path, statement: &str) {
     conn.execute_batch(statement).unwrap();
 }
 
-/// Runs `statement` on the read journal, where reads' entries become durable.
-fn sql_journal(data: &Path, statement: &str) {
-    let conn = rusqlite::Connection::open(data.join("store/carevault.audit-journal.db")).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-    conn.execute_batch(statement).unwrap();
-}
-
 fn verify(data: &Path, against: Option<&Path>) -> (i32, String) {
     let mut args = vec!["audit", "verify"];
     if let Some(a) = against {
@@ -532,52 +524,88 @@ fn resign(data: &Path) {
 
 #[tokio::test]
 async fn a_read_whose_audit_entry_cannot_be_written_returns_503_and_no_data() {
-    let s = Server::start().await;
+    // A read journal of 1 MiB: 255 records of one read each, few enough to fill here.
+    let s = Server::start_with(&[("CAREVAULT_AUDIT_JOURNAL_MAX_MIB", "1")]).await;
+    let auditor = s.token_for("auditor3", "system/AuditEvent.rs").await;
     let (st, _, b) = send(s.post("Patient", &patient("Failclosed"))).await;
     assert_eq!(st, 201);
     let pid = b["id"].as_str().unwrap().to_string();
-    // The audit log and the read journal refuse inserts, as a full disk would.
+    let ready = |s: &Server| s.http.get(format!("{}/readyz", s.root)).send();
+    assert_eq!(ready(&s).await.unwrap().status(), 200);
+    // The audit log refuses inserts, as a full disk would. The readiness probe says so before
+    // any request fails (PRODUCT.md 2.2), and a write cannot commit without its entry.
     sql(
         &s.data(),
         "CREATE TRIGGER audit_full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
     );
-    sql_journal(
-        &s.data(),
-        "CREATE TRIGGER journal_full BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-    );
-    // The readiness probe says so before any request fails (PRODUCT.md 2.2).
-    let ready = |s: &Server| s.http.get(format!("{}/readyz", s.root)).send();
     assert_eq!(ready(&s).await.unwrap().status(), 503);
-    let resp = s.get(&format!("Patient/{pid}")).send().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    let text = resp.text().await.unwrap();
-    assert!(!text.contains("Failclosed"), "{text}");
-    assert!(!text.contains("1970-01-01"), "{text}");
-    assert!(text.contains("audit trail"), "{text}");
-    // A write cannot commit without its entry either: nothing is stored.
-    let (st, _, _) = send(s.post("Patient", &patient("Unaudited"))).await;
+    let (st, _, b) = send(s.post("Patient", &patient("Unaudited"))).await;
     assert_eq!(st, 503);
+    assert!(b.to_string().contains("audit trail"), "{b}");
+    // Reads' entries still become durable in the read journal, which fills while they cannot
+    // join the log; from then on reads are refused, with no data.
+    let mut answered = 0;
+    let refused = loop {
+        let resp = s.get(&format!("Patient/{pid}")).send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => answered += 1,
+            503 => break resp.text().await.unwrap(),
+            other => panic!("a read during the outage got {other}"),
+        }
+        assert!(answered <= 255, "the journal took more reads than it holds");
+    };
+    assert!(
+        answered >= 200,
+        "only {answered} reads before the journal was full"
+    );
+    assert!(!refused.contains("Failclosed"), "{refused}");
+    assert!(!refused.contains("1970-01-01"), "{refused}");
+    assert!(refused.contains("audit trail"), "{refused}");
     // A search is refused the same way.
     let resp = s.get("Patient?family=Failclosed").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(!resp.text().await.unwrap().contains(&pid));
-    // With only the journal full, reads are still refused (and the probe says so), while
-    // writes, whose entries commit with their data, go through.
+    // The log takes entries again but folds still fail (their mark cannot move): writes, whose
+    // entries commit with their data, go through, while the journal stays full, reads are
+    // refused, and the probe says so.
+    sql(
+        &s.data(),
+        "CREATE TRIGGER fold_stuck BEFORE INSERT ON audit_fold BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    );
     sql(&s.data(), "DROP TRIGGER audit_full;");
+    let (st, _, _) = send(s.post("Patient", &patient("Journalfull"))).await;
+    assert_eq!(st, 201);
     assert_eq!(ready(&s).await.unwrap().status(), 503);
     let resp = s.get(&format!("Patient/{pid}")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(!resp.text().await.unwrap().contains("Failclosed"));
-    let (st, _, _) = send(s.post("Patient", &patient("Journalfull"))).await;
-    assert_eq!(st, 201);
-    sql_journal(&s.data(), "DROP TRIGGER journal_full;");
-    assert_eq!(ready(&s).await.unwrap().status(), 200);
+    // Once folds go through, the journal empties within a fold's spacing and reads go on.
+    sql(&s.data(), "DROP TRIGGER fold_stuck;");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ready(&s).await.unwrap().status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (st, _, b) = send(s.get(&format!("Patient/{pid}"))).await;
     assert_eq!(st, 200);
     assert_eq!(b["name"][0]["family"], "Failclosed");
     let (st, _, b) = send(s.get("Patient?family=Unaudited")).await;
     assert_eq!(st, 200);
     assert_eq!(b["entry"].as_array().map_or(0, Vec::len), 0, "{b}");
+    // Every read answered during the outage is in the log, once, as is the one after it.
+    let reads = all_events(&s, &auditor)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["outcome"] == "0"
+                && subtypes(e).contains(&"read".to_string())
+                && e.to_string().contains(&format!("Patient/{pid}"))
+        })
+        .count();
+    assert_eq!(reads, answered + 1);
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use super::{AuditAppend, AuditKey, append_durably, open, tree_head};
 use crate::backend::Store;
 use crate::error::RestError;
 use crate::open_sqlite;
-use crate::sqlite::SqliteStore;
+use crate::sqlite::journal_file::{self, Group};
+use crate::sqlite::{SqliteStore, StoreOptions, journal_path};
 
 fn keyring() -> Arc<Keyring> {
     Arc::new(Keyring::from_data_key(1, &[9u8; 32]).unwrap())
@@ -37,43 +38,41 @@ fn journal(store: &dyn Store, text: &str) -> Result<(), RestError> {
     recv.recv().unwrap()
 }
 
-fn journal_file(store_path: &Path) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(crate::sqlite::journal_path(store_path)).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    c
+/// Every valid record of the journal beside the store file `store_path`, and the journal's id.
+fn records(store_path: &Path) -> (Vec<Group>, [u8; 16]) {
+    let path = journal_path(store_path);
+    let id = journal_file::read_id(&path).unwrap();
+    (journal_file::scan(&path, &id).unwrap(), id)
 }
 
-fn journal_rows(store_path: &Path) -> i64 {
-    journal_file(store_path)
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+/// The record holding entry `jseq`.
+fn record_of(store_path: &Path, jseq: u64) -> Group {
+    records(store_path)
+        .0
+        .into_iter()
+        .find(|g| (g.first..=g.last()).contains(&jseq))
         .unwrap()
 }
 
-/// A journal row as stored.
-type SavedRow = (i64, i64, Vec<u8>, Vec<u8>);
-
-/// Every row of the first journal, as stored.
-fn journal_rows_saved(store_path: &Path) -> Vec<SavedRow> {
-    let c = journal_file(store_path);
-    let mut st = c
-        .prepare("SELECT jseq, recorded, entry, tags FROM journal ORDER BY jseq")
-        .unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+/// The numbers of every entry in the journal file, folded or not, in order.
+fn numbers_in_file(store_path: &Path) -> Vec<u64> {
+    let mut out: Vec<u64> = records(store_path)
+        .0
+        .iter()
+        .flat_map(|g| g.first..=g.last())
+        .collect();
+    out.sort_unstable();
+    out
 }
 
-/// Puts saved rows back, as a crash between a fold's commit and the rows' deletion leaves them.
-fn put_back(store_path: &Path, rows: &[SavedRow]) {
-    let c = journal_file(store_path);
-    for (jseq, recorded, sealed, tags) in rows {
-        c.execute(
-            "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![jseq, recorded, sealed, tags],
-        )
-        .unwrap();
-    }
+/// Entries in the journal file above the log's fold mark: journaled and not yet in the log.
+fn waiting(store: &dyn Store, store_path: &Path) -> usize {
+    let (_, id) = records(store_path);
+    let mark = store.reader().unwrap().audit_fold_mark(&id).unwrap();
+    numbers_in_file(store_path)
+        .into_iter()
+        .filter(|&j| j > mark)
+        .count()
 }
 
 /// Every stored entry opened, in order.
@@ -186,7 +185,8 @@ fn journaled_reads_fold_into_one_sound_log_with_the_writes() {
     let found = r.audit_search(&q).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(texts[found[0] as usize - 1], "read-3-7");
-    assert_eq!(journal_rows(&dir.path().join("store.db")), 0);
+    assert_eq!(numbers_in_file(&dir.path().join("store.db")).len(), 200);
+    assert_eq!(waiting(&*store, &dir.path().join("store.db")), 0);
 }
 
 #[test]
@@ -198,36 +198,34 @@ fn a_fold_repeated_after_a_crash_appends_nothing_twice_and_numbers_are_never_reu
     for i in 0..10 {
         journal(&store, &format!("r{i}")).unwrap();
     }
-    assert_eq!(journal_rows(&path), 10);
-    let saved = journal_rows_saved(&path);
+    assert_eq!(waiting(&store, &path), 10);
     assert_eq!(store.settle_audit().unwrap(), 10);
-    assert_eq!(journal_rows(&path), 0);
-    // A crash after the fold committed but before its rows were deleted: they are back.
-    put_back(&path, &saved);
+    assert_eq!(waiting(&store, &path), 0);
+    // The folded entries stay in the file until their blocks are needed, as a crash right
+    // after the fold's commit leaves them.
+    assert_eq!(numbers_in_file(&path), (1..=10).collect::<Vec<_>>());
     drop(store);
     // A new process (no memory of what it folded) opens the store and folds what is left.
     let store = open_sqlite(&path, keyring()).unwrap();
     assert_eq!(store.settle_audit().unwrap(), 0);
     let texts = assert_log_is_sound(&*store);
     assert_eq!(texts.len(), 10, "nothing was folded twice");
-    assert_eq!(journal_rows(&path), 0);
     drop(store);
-    // The emptied journal goes on numbering after 10, so new reads are not taken as folded.
+    // Even with every folded record gone from the file (overwritten, or torn by a crash while
+    // being overwritten), numbering goes on after the log's mark, so new reads are not taken
+    // as folded.
+    for g in records(&path).0 {
+        journal_file::erase(&journal_path(&path), &g);
+    }
+    assert!(numbers_in_file(&path).is_empty());
     let store = SqliteStore::open(&path, keyring()).unwrap();
     for i in 10..13 {
         journal(&store, &format!("r{i}")).unwrap();
     }
-    let numbers: Vec<i64> = {
-        let c = journal_file(&path);
-        let mut st = c.prepare("SELECT jseq FROM journal ORDER BY jseq").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    assert_eq!(numbers, vec![11, 12, 13]);
+    assert_eq!(numbers_in_file(&path), vec![11, 12, 13]);
     assert_eq!(store.settle_audit().unwrap(), 3);
     let texts = assert_log_is_sound(&store);
+    assert_eq!(texts.len(), 13);
     assert_eq!(texts.last().unwrap(), b"r12");
 }
 
@@ -245,23 +243,20 @@ fn a_journal_entry_removed_or_altered_before_its_fold_is_named_and_nothing_is_fo
     }
     // Another process (or this one after a crash) has only the file to fold from.
     let other = SqliteStore::open(&path, keyring()).unwrap();
-    // Entry 5 is deleted: 4 and 6 must not be folded around the gap.
-    journal_file(&path)
-        .execute("DELETE FROM journal WHERE jseq = 5", [])
-        .unwrap();
+    // Entry 5's record is removed: 4 and 6 must not be folded around the gap.
+    journal_file::erase(&journal_path(&path), &record_of(&path, 5));
     let err = other.settle_audit().unwrap_err().to_string();
     assert!(
         err.contains("read journal entries 5 to 5 are missing"),
         "{err}"
     );
     assert_eq!(assert_log_is_sound(&other).len(), 3);
-    // Entry 4 is altered (one byte of its sealed bytes): named, nothing folded.
-    journal_file(&path)
-        .execute(
-            "UPDATE journal SET entry = CAST(substr(entry, 1, 20) || x'00' || substr(entry, 22) AS BLOB) WHERE jseq = 4",
-            [],
-        )
-        .unwrap();
+    // Entry 4 is altered (one byte of its sealed bytes), and its record rewritten whole with a
+    // valid check, as someone who knows the format would: named, nothing folded.
+    let (_, id) = records(&path);
+    let mut altered = record_of(&path, 4);
+    altered.sealed[0][20] ^= 1;
+    journal_file::rewrite(&journal_path(&path), &id, &altered);
     let err = other.settle_audit().unwrap_err().to_string();
     assert!(
         err.contains("read journal entry 4") && err.contains("cannot be opened"),
@@ -269,12 +264,12 @@ fn a_journal_entry_removed_or_altered_before_its_fold_is_named_and_nothing_is_fo
     );
     assert_eq!(assert_log_is_sound(&other).len(), 3);
     // The process that journaled them still holds what it made durable: its own fold appends
-    // the entries as they were answered for, whatever became of the file, and clears the file.
+    // the entries as they were answered for, whatever became of the file.
     assert_eq!(server.settle_audit().unwrap(), 3);
     let texts = assert_log_is_sound(&server);
     let expected: Vec<Vec<u8>> = (0..6).map(|i| format!("r{i}").into_bytes()).collect();
     assert_eq!(texts, expected);
-    assert_eq!(journal_rows(&path), 0);
+    assert_eq!(waiting(&server, &path), 0);
     assert_eq!(other.settle_audit().unwrap(), 0);
 }
 
@@ -283,24 +278,18 @@ fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_writ
  {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    let store = SqliteStore::open(&path, keyring()).unwrap();
+    // A journal of 16 blocks at most: its header and 15 records.
+    let options = StoreOptions {
+        journal_max_bytes: 16 * journal_file::BLOCK as u64,
+    };
+    let store = SqliteStore::open_with(&path, keyring(), &options).unwrap();
     journal(&store, "ok-0").unwrap();
-    // The journal refuses inserts, as a full disk would refuse a page: the read fails.
-    let jf = journal_file(&path);
-    jf.execute_batch(
-        "CREATE TRIGGER full BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
-    )
-    .unwrap();
-    let err = journal(&store, "doomed").unwrap_err().to_string();
-    assert!(err.contains("the disk is full"), "{err}");
-    jf.execute_batch("DROP TRIGGER full;").unwrap();
-    journal(&store, "ok-1").unwrap();
-
-    // The log refuses its entries: the fold fails whole and the entries wait in the journal.
+    // The log refuses its entries, as a full disk would: folds fail whole, the entries wait in
+    // the journal, and the journal fills.
     let admin = rusqlite::Connection::open(&path).unwrap();
     admin
         .execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log WHEN NEW.seq = 2 \
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log \
              BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
         )
         .unwrap();
@@ -310,12 +299,40 @@ fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_writ
         0,
         "the fold left no entry"
     );
-    assert_eq!(journal_rows(&path), 2);
+    let mut answered = vec!["ok-0".to_string()];
+    let err = loop {
+        let text = format!("ok-{}", answered.len());
+        match journal(&store, &text) {
+            Ok(()) => answered.push(text),
+            Err(e) => break e.to_string(),
+        }
+        assert!(answered.len() <= 15, "the journal took more than it holds");
+    };
+    // One record per read (each waited for its own): 15 fit, the 16th read is refused.
+    assert_eq!(answered.len(), 15);
+    assert!(err.contains("is full"), "{err}");
+    assert!(
+        store.probe_journal().is_err(),
+        "the readiness probe sees it"
+    );
+    assert!(store.settle_audit().is_err());
+    assert_eq!(waiting(&store, &path), 15);
+    // Once the log takes entries again, the fold empties the journal and reads go on.
     admin.execute_batch("DROP TRIGGER refuse;").unwrap();
-    assert_eq!(store.settle_audit().unwrap(), 2);
+    assert_eq!(store.settle_audit().unwrap(), 15);
+    store.probe_journal().unwrap();
+    journal(&store, "after").unwrap();
+    assert_eq!(store.settle_audit().unwrap(), 1);
+    answered.push("after".into());
+    let texts: Vec<String> = assert_log_is_sound(&store)
+        .into_iter()
+        .map(|t| String::from_utf8(t).unwrap())
+        .collect();
+    assert_eq!(texts, answered);
     assert_eq!(
-        assert_log_is_sound(&store),
-        vec![b"ok-0".to_vec(), b"ok-1".to_vec()]
+        std::fs::metadata(journal_path(&path)).unwrap().len(),
+        options.journal_max_bytes,
+        "the journal never grew past its limit"
     );
 }
 
@@ -328,8 +345,8 @@ fn closing_the_store_folds_what_was_journaled() {
         journal(&store, &format!("r{i}")).unwrap();
     }
     drop(store);
-    assert_eq!(journal_rows(&path), 0);
     let store = SqliteStore::open(&path, keyring()).unwrap();
+    assert_eq!(waiting(&store, &path), 0);
     assert_eq!(assert_log_is_sound(&store).len(), 7);
 }
 
@@ -358,7 +375,7 @@ fn a_reopened_store_counts_only_unfolded_entries_as_waiting() {
 }
 
 #[test]
-fn two_processes_folding_the_same_journal_append_each_entry_once() {
+fn two_processes_folding_the_same_journal_append_each_entry_once_and_only_one_writes_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     // The server (a) journals; a command-line process (b) on the same files folds them first.
@@ -367,13 +384,14 @@ fn two_processes_folding_the_same_journal_append_each_entry_once() {
     for i in 0..3 {
         journal(&a, &format!("r{i}")).unwrap();
     }
-    let saved = journal_rows_saved(&path);
     assert_eq!(b.settle_audit().unwrap(), 3);
-    // Rows b folded are still there for a (b's deletion not yet seen, or lost in a crash):
-    // a's fold finds them at or below the mark in the log and appends nothing.
-    put_back(&path, &saved);
+    // a still holds the three in memory: its fold finds them at or below the log's mark and
+    // appends nothing.
     assert_eq!(a.settle_audit().unwrap(), 0);
-    assert_eq!(journal_rows(&path), 0);
+    assert_eq!(waiting(&a, &path), 0);
+    // While a writes the journal, b cannot: its entry is refused, not interleaved.
+    let err = journal(&b, "from-b").unwrap_err().to_string();
+    assert!(err.contains("being written by another process"), "{err}");
     journal(&a, "r3").unwrap();
     assert_eq!(a.settle_audit().unwrap(), 1);
     let texts = assert_log_is_sound(&a);

@@ -1,28 +1,30 @@
-//! The read journal: a second, small SQLite file beside the store where the audit entries of
-//! reads become durable before their answers leave.
+//! The read journal: a file beside the store where the audit entries of reads become durable
+//! before their answers leave.
 //!
 //! Every commit to the main database makes every reader connection drop its page cache (SQLite
 //! cannot tell which pages changed), so appending each read's entry to `audit_log` made every
-//! other read start from cold pages. Reads' entries therefore commit here, group-committed by
-//! this file's own writer thread (one fsync per group), and are folded into the log — chain,
-//! Merkle nodes, search keys — in large batches by [`crate::audit_log::fold_journal`]: every
-//! [`super::FOLD_SPACING`] and before anything reads the log. Writes keep appending their
-//! entries in their own transaction.
+//! other read start from cold pages. Reads' entries therefore become durable here, group-
+//! committed by the journal's own writer thread (one durable write per group, see
+//! [`super::journal_file`]), and are folded into the log — chain, Merkle nodes, search keys —
+//! in large batches by [`crate::audit_log::fold_journal`]: every [`super::FOLD_SPACING`] and
+//! before anything reads the log. Writes keep appending their entries in their own transaction.
 //!
 //! A fold is idempotent: the main database records, in the transaction that appends the folded
 //! entries, the journal's id and the last journal number folded (`audit_fold`), and a fold skips
-//! what is at or below that mark. Rows are deleted from the journal only after their fold
-//! committed, so a crash anywhere loses nothing and folds nothing twice, and no atomic commit
-//! across the two files is needed. Journal numbers come from `AUTOINCREMENT` and are never
-//! reused; the journal's random id tells a recreated journal from the one a mark belongs to.
+//! what is at or below that mark. A record's blocks are reused only once its entries are at or
+//! below the mark this process knows, so a crash anywhere loses nothing and folds nothing twice,
+//! and no atomic commit across the two files is needed. Numbers go on after both the highest in
+//! the file and the mark, so they are never reused once folded; the journal's random id tells
+//! a recreated journal from the one a mark belongs to.
 //!
-//! Entries are sealed under the data key to `audit-journal/<id>/<number>`, so a row cannot be
-//! moved to another number or journal without its opening failing.
+//! Each entry is sealed under the data key — its time, its search keys' blind tags and its
+//! canonical bytes — to `audit-journal/<id>/<number>`, so an entry cannot be altered, or moved
+//! to another number or journal, without its opening failing.
 //!
 //! The writer also keeps what it made durable in memory, in journal order ([`Recent`]), until it
-//! is folded: a fold of this process's own entries takes them from there instead of selecting,
-//! opening and hashing each row again. Anything else — rows of a crashed or another process, or
-//! a gap where memory was full — is read from the file, so memory is only a shortcut.
+//! is folded: a fold of this process's own entries takes them from there instead of reading,
+//! opening and hashing each one again. Anything else — entries of a crashed or another process,
+//! or a gap where memory was full — is read from the file, so memory is only a shortcut.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -33,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use carevault_crypto::random::{Random, SystemRng};
 use carevault_crypto::{BLIND_LEN, BlindTag, Keyring};
-use rusqlite::{Connection, params};
 
+use super::journal_file::{self, Group, Writer};
 use crate::audit_log::{JournalDone, PreparedAppend};
 use crate::error::{RestError, StoreError};
 
@@ -50,15 +52,8 @@ const RECENT_MAX: usize = 8 * super::FOLD_BATCH;
 /// keep up (or cannot be written) must stop reads rather than let the journal grow without end.
 pub(crate) const MAX_BACKLOG: u64 = 262_144;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS journal (
-    jseq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a fold mark stays meaningful
-    recorded INTEGER NOT NULL,
-    entry BLOB NOT NULL,                     -- canonical bytes sealed to audit-journal/<id>/<jseq>
-    tags BLOB NOT NULL                       -- the blind tags of its search keys, concatenated
-);
-CREATE TABLE IF NOT EXISTS journal_meta (id BLOB NOT NULL);
-";
+/// The most disk a journal takes unless configured otherwise: 1 GiB.
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
 
 /// A journaled entry read back, opened and hashed, ready to be folded.
 #[derive(Debug)]
@@ -69,13 +64,13 @@ pub struct JournalRow {
     pub entry: PreparedAppend,
 }
 
-/// The journal file `carevault.db` keeps beside itself: `carevault.audit-journal.db`.
+/// The journal file `carevault.db` keeps beside itself: `carevault.audit-journal`.
 pub(crate) fn journal_path(store: &Path) -> PathBuf {
     let stem = store
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "store".into());
-    store.with_file_name(format!("{stem}.audit-journal.db"))
+    store.with_file_name(format!("{stem}.audit-journal"))
 }
 
 /// The identity an entry is sealed to: `audit-journal/<id in hex>/<jseq>`.
@@ -212,20 +207,119 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The journal of one store: its writer thread and a side connection for folds and pruning.
-pub(crate) struct ReadJournal {
+/// The journal's writer, once this process has become it (on its first entry or probe).
+enum FileState {
+    Idle,
+    Open(Writer),
+    Closed,
+}
+
+/// What a store and its journal's writer thread share.
+struct Inner {
     id: [u8; 16],
+    path: PathBuf,
+    max_bytes: u64,
     keyring: Arc<Keyring>,
     queue: Shared,
     expected: Arc<Expected>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    side: Mutex<Connection>,
-    /// The highest journal number this process has made durable.
-    durable: Arc<AtomicU64>,
+    file: Mutex<FileState>,
+    /// The highest journal number made durable (by this process, or found in the file).
+    durable: AtomicU64,
     /// The highest journal number known to be folded into the log.
     folded: AtomicU64,
     /// What this process made durable and a fold has not yet taken.
-    recent: Arc<Mutex<Recent>>,
+    recent: Mutex<Recent>,
+}
+
+impl Inner {
+    /// This process's writer of the journal, made on first use: it locks the file, so another
+    /// process writing the same journal is refused rather than interleaved.
+    fn writer<'a>(&self, state: &'a mut FileState) -> Result<&'a mut Writer, StoreError> {
+        if let FileState::Idle = state {
+            let (writer, last) = Writer::open(&self.path, self.id, self.max_bytes)?;
+            self.durable.fetch_max(last, Ordering::AcqRel);
+            *state = FileState::Open(writer);
+        }
+        match state {
+            FileState::Open(w) => Ok(w),
+            _ => Err(StoreError::Backend("the audit journal is closed".into())),
+        }
+    }
+
+    /// Seals `entries`, numbered on from the highest number given, and writes them as one
+    /// durable record; returns the first number.
+    fn commit(&self, entries: &[PreparedAppend]) -> Result<u64, StoreError> {
+        let mut state = lock(&self.file);
+        let writer = self.writer(&mut state)?;
+        let first = self.durable.load(Ordering::Acquire) + 1;
+        let mut plain = Vec::new();
+        let sealed = entries
+            .iter()
+            .zip(first..)
+            .map(|(e, jseq)| {
+                plain.clear();
+                plain.extend_from_slice(&e.recorded_ms.to_le_bytes());
+                plain.extend_from_slice(&(e.tags.len() as u16).to_le_bytes());
+                for t in &e.tags {
+                    plain.extend_from_slice(t);
+                }
+                plain.extend_from_slice(&e.canonical);
+                Ok(self.keyring.seal(&identity(&self.id, jseq), &plain)?)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        writer.write(first, &sealed, self.folded.load(Ordering::Acquire))?;
+        Ok(first)
+    }
+
+    /// Opens the entry numbered `jseq` read from the file.
+    fn open_entry(&self, jseq: u64, sealed: &[u8]) -> Result<PreparedAppend, StoreError> {
+        let bad = |what: String| {
+            StoreError::Integrity(format!(
+                "read journal entry {jseq} (not yet in the audit log) {what}"
+            ))
+        };
+        let plain = self
+            .keyring
+            .open(&identity(&self.id, jseq), sealed)
+            .map_err(|e| bad(format!("cannot be opened: {e}")))?;
+        let malformed = || bad("is malformed".into());
+        let recorded_ms = i64::from_le_bytes(
+            plain
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(malformed)?,
+        );
+        let ntags = usize::from(u16::from_le_bytes(
+            plain
+                .get(8..10)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(malformed)?,
+        ));
+        let tags_end = 10 + ntags * BLIND_LEN;
+        let tags = plain
+            .get(10..tags_end)
+            .ok_or_else(malformed)?
+            .chunks_exact(BLIND_LEN)
+            .map(|c| {
+                let mut t: BlindTag = [0; BLIND_LEN];
+                t.copy_from_slice(c);
+                t
+            })
+            .collect();
+        let canonical = plain[tags_end..].to_vec();
+        Ok(PreparedAppend {
+            recorded_ms,
+            leaf: carevault_audit::merkle::leaf_hash(&canonical),
+            canonical,
+            tags,
+        })
+    }
+}
+
+/// The journal of one store: its writer thread, and what folds read.
+pub(crate) struct ReadJournal {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ReadJournal {
@@ -234,78 +328,92 @@ impl std::fmt::Debug for ReadJournal {
     }
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_millis(super::BUSY_TIMEOUT_MS))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; \
-         PRAGMA journal_size_limit=16777216;",
-    )?;
-    Ok(conn)
+/// Entries read from the file after the fold mark, as sealed, in number order.
+type Run = Vec<(u64, Vec<u8>)>;
+
+/// The entries numbered `after + 1`, `after + 2`, … found in `groups`, without a gap and at
+/// most `limit`, and the numbers missing after them below one found, when some are.
+fn run_after(mut groups: Vec<Group>, after: u64, limit: usize) -> (Run, Option<(u64, u64)>) {
+    groups.retain(|g| g.last() > after);
+    groups.sort_unstable_by_key(|g| g.first);
+    let mut want = after + 1;
+    let mut out = Vec::new();
+    for g in groups {
+        if out.len() >= limit {
+            break;
+        }
+        if g.first > want {
+            return (out, Some((want, g.first - 1)));
+        }
+        // A record overlapping one already taken (the same entries copied) adds only what
+        // follows them.
+        for (jseq, sealed) in (g.first..).zip(g.sealed) {
+            if jseq == want && out.len() < limit {
+                out.push((jseq, sealed));
+                want += 1;
+            }
+        }
+    }
+    (out, None)
 }
 
 impl ReadJournal {
-    /// Opens (creating if needed) the journal beside the store file `store`, and starts its
-    /// writer thread.
-    pub(crate) fn open(store: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+    /// Opens (making it if needed) the journal beside the store file `store`, which may take
+    /// up to `max_bytes` of disk, and starts its writer thread. This process becomes the
+    /// journal's writer only when it first journals (or probes): other processes fold it.
+    pub(crate) fn open(
+        store: &Path,
+        keyring: Arc<Keyring>,
+        max_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let path = journal_path(store);
-        let open_err = |reason: String| StoreError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
-        let conn = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| open_err(e.to_string()))?;
-        let id = journal_id(&conn).map_err(|e| open_err(e.to_string()))?;
-        // Numbers go on from the last one ever given, durable or folded before this process.
-        let last: i64 = conn
-            .query_row(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| open_err(e.to_string()))?;
-        let side = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
-        // Deletions of folded rows need not survive a crash: the fold mark already skips them.
-        side.execute_batch("PRAGMA synchronous=NORMAL;")
-            .map_err(|e| open_err(e.to_string()))?;
+        let mut fresh = [0u8; 16];
+        SystemRng::new()
+            .fill(&mut fresh)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        journal_file::create_if_missing(&path, fresh, journal_file::initial_bytes(max_bytes))?;
+        let id = journal_file::read_id(&path)?;
+        let last = journal_file::scan(&path, &id)?
+            .iter()
+            .map(Group::last)
+            .max()
+            .unwrap_or(0);
         let queue: Shared = Arc::default();
-        let durable = Arc::new(AtomicU64::new(last as u64));
         let expected = Arc::new(Expected {
             count: AtomicUsize::new(0),
             queue: queue.clone(),
             max_gather_us: AtomicU64::new(MAX_GATHER.as_micros() as u64),
             groups: AtomicU64::new(0),
         });
-        let recent: Arc<Mutex<Recent>> = Arc::default();
-        let writer_side = WriterSide {
-            queue: queue.clone(),
-            expected: expected.clone(),
-            durable: durable.clone(),
-            recent: recent.clone(),
-            keyring: keyring.clone(),
+        let inner = Arc::new(Inner {
             id,
-        };
-        let writer = std::thread::Builder::new()
-            .name("carevault-audit-journal".into())
-            .spawn(move || writer_loop(conn, &writer_side))
-            .map_err(|e| open_err(format!("the journal thread could not start: {e}")))?;
-        Ok(ReadJournal {
-            id,
+            path: path.clone(),
+            max_bytes,
             keyring,
             queue,
             expected,
-            writer: Mutex::new(Some(writer)),
-            side: Mutex::new(side),
-            durable,
+            file: Mutex::new(FileState::Idle),
+            durable: AtomicU64::new(last),
             folded: AtomicU64::new(0),
-            recent,
+            recent: Mutex::default(),
+        });
+        let for_thread = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("carevault-audit-journal".into())
+            .spawn(move || writer_loop(&for_thread))
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("the journal thread could not start: {e}"),
+            })?;
+        Ok(ReadJournal {
+            inner,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
     /// The journal's random id, which fold marks name.
     pub(crate) fn id(&self) -> &[u8; 16] {
-        &self.id
+        &self.inner.id
     }
 
     /// Queues `entry`; `done` is called on the journal's thread once it is durable, or with the
@@ -318,7 +426,7 @@ impl ReadJournal {
             ))));
             return;
         }
-        let (m, cv) = &*self.queue;
+        let (m, cv) = &*self.inner.queue;
         let mut q = lock(m);
         if q.closed {
             drop(q);
@@ -335,181 +443,149 @@ impl ReadJournal {
 
     /// The requests in progress that will journal soon.
     pub(crate) fn expected(&self) -> &Arc<Expected> {
-        &self.expected
+        &self.inner.expected
     }
 
     /// Entries journaled and not known to be folded.
     pub(crate) fn backlog(&self) -> u64 {
-        self.durable
+        self.inner
+            .durable
             .load(Ordering::Acquire)
-            .saturating_sub(self.folded.load(Ordering::Acquire))
+            .saturating_sub(self.inner.folded.load(Ordering::Acquire))
     }
 
-    /// Whether this process has journaled entries that are not known to be folded.
+    /// Whether entries are journaled that are not known to be folded.
     pub(crate) fn has_unfolded(&self) -> bool {
-        self.durable.load(Ordering::Acquire) > self.folded.load(Ordering::Acquire)
+        self.backlog() > 0
     }
 
     /// Up to `limit` journaled entries after the last one known to be folded, in journal
     /// order, opened and hashed: this process's own from memory when they follow that mark
-    /// without a gap, else from the file. An entry that cannot be opened is an integrity error
-    /// naming it.
-    pub(crate) fn pending(&self, limit: usize) -> Result<Vec<JournalRow>, StoreError> {
-        let after = self.folded.load(Ordering::Acquire);
-        let kept = lock(&self.recent).take_after(after, limit);
+    /// without a gap, else from the file. `mark` reads the log's fold mark, which another
+    /// process may have moved (and this one then reused the blocks below it): reading the file
+    /// starts after it. An entry that cannot be opened, or numbers missing below one found,
+    /// are integrity errors naming them.
+    pub(crate) fn pending(
+        &self,
+        limit: usize,
+        mark: &dyn Fn() -> Result<u64, StoreError>,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let after = self.inner.folded.load(Ordering::Acquire);
+        let kept = lock(&self.inner.recent).take_after(after, limit);
         if !kept.is_empty() {
             return Ok(kept
                 .into_iter()
                 .map(|(jseq, entry)| JournalRow { jseq, entry })
                 .collect());
         }
-        let stored: Vec<(u64, i64, Vec<u8>, Vec<u8>)> = {
-            let side = lock(&self.side);
-            let mut stmt = side.prepare_cached(
-                "SELECT jseq, recorded, entry, tags FROM journal WHERE jseq > ?1 ORDER BY jseq LIMIT ?2",
-            )?;
-            stmt.query_map(params![after as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?
-        };
-        stored
+        let (run, missing) = self.read_run(limit, mark)?;
+        // Problems are named in number order: an entry before the hole that does not open first.
+        let rows = run
             .into_iter()
-            .map(|(jseq, recorded_ms, sealed, tags)| {
-                let bad = |what: String| {
-                    StoreError::Integrity(format!(
-                        "read journal entry {jseq} (not yet in the audit log) {what}"
-                    ))
-                };
-                let canonical = self
-                    .keyring
-                    .open(&identity(&self.id, jseq), &sealed)
-                    .map_err(|e| bad(format!("cannot be opened: {e}")))?;
-                if tags.len() % BLIND_LEN != 0 {
-                    return Err(bad("has malformed search keys".into()));
-                }
-                let tags = tags
-                    .chunks_exact(BLIND_LEN)
-                    .map(|c| {
-                        let mut t: BlindTag = [0; BLIND_LEN];
-                        t.copy_from_slice(c);
-                        t
-                    })
-                    .collect();
+            .map(|(jseq, sealed)| {
                 Ok(JournalRow {
                     jseq,
-                    entry: PreparedAppend {
-                        recorded_ms,
-                        leaf: carevault_audit::merkle::leaf_hash(&canonical),
-                        canonical,
-                        tags,
-                    },
+                    entry: self.inner.open_entry(jseq, &sealed)?,
                 })
             })
-            .collect()
-    }
-
-    /// Records that entries up to `jseq` are in the log, and deletes them from the journal.
-    pub(crate) fn folded_up_to(&self, jseq: u64) -> Result<(), StoreError> {
-        self.folded.fetch_max(jseq, Ordering::AcqRel);
-        lock(&self.side)
-            .prepare_cached("DELETE FROM journal WHERE jseq <= ?1")?
-            .execute([jseq as i64])?;
-        Ok(())
-    }
-
-    /// How many entries wait sealed under each data key (the key id of the sealed header).
-    pub(crate) fn key_usage(&self) -> Result<Vec<crate::backend::KeyUsage>, StoreError> {
-        let side = lock(&self.side);
-        let mut stmt = side.prepare_cached(
-            "SELECT substr(entry, 2, 4), count(*) FROM journal WHERE length(entry) > 0 GROUP BY 1",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, n) = row?;
-            let key: [u8; 4] = key.try_into().map_err(|_| {
-                StoreError::Integrity("a read journal entry has no sealed header".into())
-            })?;
-            out.push(crate::backend::KeyUsage {
-                table: "audit_journal",
-                key_id: u32::from_be_bytes(key),
-                rows: n as u64,
-                current: n as u64,
-            });
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        match missing {
+            None => Ok(rows),
+            Some((from, to)) => Err(StoreError::Integrity(format!(
+                "read journal entries {from} to {to} are missing (not yet in the audit log, and removed from the journal)"
+            ))),
         }
-        Ok(out)
     }
 
-    /// Checks that an entry could be journaled now: inserts a probe row and rolls it back.
+    /// The entries after the fold mark found in the file, as sealed, and the numbers missing
+    /// after them below one found. The writer may be mid-write while the file is read, and a
+    /// record it is writing reads as torn: numbers are taken as missing only when two readings
+    /// in a row, each after the mark as it then stood, miss the same ones.
+    fn read_run(
+        &self,
+        limit: usize,
+        mark: &dyn Fn() -> Result<u64, StoreError>,
+    ) -> Result<(Run, Option<(u64, u64)>), StoreError> {
+        let mut before = None;
+        loop {
+            let after = mark()?.max(self.inner.folded.load(Ordering::Acquire));
+            let groups = journal_file::scan(&self.inner.path, &self.inner.id)?;
+            let (run, missing) = run_after(groups, after, limit);
+            if missing.is_none() || missing == before {
+                return Ok((run, missing));
+            }
+            before = missing;
+        }
+    }
+
+    /// Records that entries up to `jseq` are in the log: their blocks may be reused, and
+    /// numbers go on after it.
+    pub(crate) fn folded_up_to(&self, jseq: u64) {
+        self.inner.folded.fetch_max(jseq, Ordering::AcqRel);
+        self.inner.durable.fetch_max(jseq, Ordering::AcqRel);
+    }
+
+    /// How many entries wait in the file sealed under each data key (the key id of the sealed
+    /// header), counting every entry after the fold mark this process knows.
+    pub(crate) fn key_usage(&self) -> Result<Vec<crate::backend::KeyUsage>, StoreError> {
+        let after = self.inner.folded.load(Ordering::Acquire);
+        let mut counts = std::collections::BTreeMap::<u32, u64>::new();
+        for g in journal_file::scan(&self.inner.path, &self.inner.id)? {
+            for (jseq, sealed) in (g.first..).zip(&g.sealed) {
+                if jseq <= after {
+                    continue;
+                }
+                let key = carevault_crypto::sealed_key_id(sealed).ok_or_else(|| {
+                    StoreError::Integrity(format!("read journal entry {jseq} has no sealed header"))
+                })?;
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(key_id, n)| crate::backend::KeyUsage {
+                table: "audit_journal",
+                key_id,
+                rows: n,
+                current: n,
+            })
+            .collect())
+    }
+
+    /// Checks that an entry could be journaled now: this process is (or can become) the
+    /// journal's writer, and a record has room.
     pub(crate) fn probe(&self) -> Result<(), StoreError> {
-        let side = lock(&self.side);
-        side.execute_batch("SAVEPOINT probe")?;
-        let inserted = side
-            .prepare_cached(
-                "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (-1, 0, x'', x'')",
-            )
-            .and_then(|mut st| st.execute([]));
-        side.execute_batch("ROLLBACK TO probe; RELEASE probe;")?;
-        inserted?;
-        Ok(())
+        let inner = &*self.inner;
+        let mut state = lock(&inner.file);
+        let writer = inner.writer(&mut state)?;
+        if writer.has_room(inner.folded.load(Ordering::Acquire)) {
+            Ok(())
+        } else {
+            Err(StoreError::Backend(format!(
+                "the audit journal is full: {} entries of reads wait to join the audit log",
+                self.backlog()
+            )))
+        }
     }
 
-    /// Writes what is queued, refuses anything queued later, and stops the writer thread.
+    /// Writes what is queued, refuses anything queued later, stops the writer thread and lets
+    /// go of the file.
     pub(crate) fn close(&self) {
         {
-            let (m, cv) = &*self.queue;
+            let (m, cv) = &*self.inner.queue;
             lock(m).closed = true;
             cv.notify_all();
         }
-        if let Some(h) = lock(&self.writer).take() {
+        if let Some(h) = lock(&self.thread).take() {
             let _ = h.join();
         }
+        *lock(&self.inner.file) = FileState::Closed;
     }
 }
 
-/// The journal's id, made on first open.
-fn journal_id(conn: &Connection) -> Result<[u8; 16], StoreError> {
-    let existing: Option<Vec<u8>> = conn
-        .query_row("SELECT id FROM journal_meta LIMIT 1", [], |r| r.get(0))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            other => Err(other),
-        })?;
-    if let Some(v) = existing {
-        return v
-            .try_into()
-            .map_err(|_| StoreError::Integrity("the audit journal's id is not 16 bytes".into()));
-    }
-    let mut id = [0u8; 16];
-    SystemRng::new()
-        .fill(&mut id)
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    conn.execute("INSERT INTO journal_meta (id) VALUES (?1)", [&id[..]])?;
-    Ok(id)
-}
-
-/// What the journal's writer thread shares with the store.
-struct WriterSide {
-    queue: Shared,
-    expected: Arc<Expected>,
-    durable: Arc<AtomicU64>,
-    recent: Arc<Mutex<Recent>>,
-    keyring: Arc<Keyring>,
-    id: [u8; 16],
-}
-
-fn writer_loop(conn: Connection, side: &WriterSide) {
-    let WriterSide {
-        queue,
-        expected,
-        durable,
-        recent,
-        keyring,
-        id,
-    } = side;
-    let (m, cv) = &**queue;
+fn writer_loop(inner: &Inner) {
+    let (m, cv) = &*inner.queue;
+    let expected = &inner.expected;
     loop {
         let group: Vec<(PreparedAppend, JournalDone)> = {
             let mut q = lock(m);
@@ -537,11 +613,11 @@ fn writer_loop(conn: Connection, side: &WriterSide) {
             q.waiting.drain(..n).collect()
         };
         let (entries, dones): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        match write_group(&conn, keyring, id, &entries) {
-            Ok(last) => {
-                let first = last + 1 - entries.len() as u64;
-                lock(recent).keep(first, entries);
-                durable.fetch_max(last, Ordering::AcqRel);
+        match inner.commit(&entries) {
+            Ok(first) => {
+                let last = first + entries.len() as u64 - 1;
+                lock(&inner.recent).keep(first, entries);
+                inner.durable.fetch_max(last, Ordering::AcqRel);
                 expected.groups.fetch_add(1, Ordering::AcqRel);
                 for done in dones {
                     done(Ok(()));
@@ -558,56 +634,48 @@ fn writer_loop(conn: Connection, side: &WriterSide) {
     }
 }
 
-/// Appends `entries` in one transaction (one fsync); returns the last journal number.
-fn write_group(
-    conn: &Connection,
-    keyring: &Keyring,
-    id: &[u8; 16],
-    entries: &[PreparedAppend],
-) -> Result<u64, StoreError> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let written = insert_group(conn, keyring, id, entries)
-        .and_then(|last| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(|_| last)?));
-    if written.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    written
-}
-
-fn insert_group(
-    conn: &Connection,
-    keyring: &Keyring,
-    id: &[u8; 16],
-    entries: &[PreparedAppend],
-) -> Result<u64, StoreError> {
-    let last: i64 = conn
-        .prepare_cached(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)",
-        )?
-        .query_row([], |r| r.get(0))?;
-    let mut jseq = last as u64;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO journal (jseq, recorded, entry, tags) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    let mut tags = Vec::new();
-    for e in entries {
-        jseq += 1;
-        let sealed = keyring.seal(&identity(id, jseq), &e.canonical)?;
-        tags.clear();
-        for t in &e.tags {
-            tags.extend_from_slice(t);
-        }
-        insert.execute(params![jseq as i64, e.recorded_ms, sealed, tags])?;
-    }
-    Ok(jseq)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
 
-    use super::{RECENT_MAX, Recent, identity};
+    use super::{RECENT_MAX, Recent, identity, run_after};
     use crate::audit_log::PreparedAppend;
+    use crate::sqlite::journal_file::Group;
+
+    fn group(first: u64, n: usize) -> Group {
+        Group {
+            block: 0,
+            blocks: 1,
+            first,
+            sealed: (0..n).map(|i| vec![(first as usize + i) as u8]).collect(),
+        }
+    }
+
+    #[test]
+    fn the_file_is_read_in_number_order_from_the_mark_and_a_hole_below_a_found_number_is_named() {
+        // Found out of order (reused blocks), with a folded record and a copy of one.
+        let found = vec![group(6, 2), group(1, 2), group(3, 3), group(4, 1)];
+        let numbers = |r: &[(u64, Vec<u8>)]| r.iter().map(|(j, _)| *j).collect::<Vec<_>>();
+        let whole = |after, limit| {
+            let (run, missing) = run_after(found.clone(), after, limit);
+            assert_eq!(missing, None);
+            run
+        };
+        let run = whole(2, 100);
+        assert_eq!(numbers(&run), vec![3, 4, 5, 6, 7]);
+        assert_eq!(run[3].1, vec![6u8]);
+        assert_eq!(numbers(&whole(2, 2)), vec![3, 4]);
+        // The mark may fall inside a record.
+        assert_eq!(numbers(&whole(4, 100)), vec![5, 6, 7]);
+        assert!(whole(7, 100).is_empty());
+        // 4 and 5 removed: 6 is found beyond the hole, and 3 comes before it.
+        let holed = vec![group(6, 2), group(1, 3)];
+        let (run, missing) = run_after(holed.clone(), 2, 100);
+        assert_eq!((numbers(&run), missing), (vec![3], Some((4, 5))));
+        // A torn last record is only not yet written.
+        let (run, missing) = run_after(holed, 7, 100);
+        assert_eq!((run.len(), missing), (0, None));
+    }
 
     fn entries(n: usize) -> Vec<PreparedAppend> {
         (0..n)

@@ -4,6 +4,7 @@
 
 pub(crate) mod care;
 mod journal;
+pub(crate) mod journal_file;
 mod query;
 pub(crate) mod schema;
 
@@ -24,7 +25,7 @@ use crate::error::{RestError, StoreError};
 
 #[cfg(test)]
 pub(crate) use journal::journal_path;
-pub use journal::{Expected, JournalRow};
+pub use journal::{DEFAULT_JOURNAL_MAX_BYTES, Expected, JournalRow};
 pub use query::SqlTx;
 
 /// How many jobs one commit may carry at most.
@@ -58,11 +59,36 @@ pub struct SqliteStore {
     fold_memo: Arc<crate::audit_log::FoldMemo>,
 }
 
+/// What a store may be told when it is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The most disk the read journal may take (it grows to it only while the log falls
+    /// behind; reads are refused when it is full).
+    pub journal_max_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
+        }
+    }
+}
+
 /// Opens (creating if needed) the SQLite store at `path`, folds what its read journal still
 /// holds into the audit log (entries of reads answered before a crash), and keeps folding every
 /// [`FOLD_SPACING`] while reads are journaled.
 pub fn open_sqlite(path: &Path, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>, StoreError> {
-    let store = Arc::new(SqliteStore::open(path, keyring)?);
+    open_sqlite_with(path, keyring, &StoreOptions::default())
+}
+
+/// [`open_sqlite`] with `options`.
+pub fn open_sqlite_with(
+    path: &Path,
+    keyring: Arc<Keyring>,
+    options: &StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let store = Arc::new(SqliteStore::open_with(path, keyring, options)?);
     if let Err(e) = store.settle_audit() {
         // Not fatal here: `audit verify` names the entry, and the log keeps taking writes.
         tracing::error!(error = %e, "the read journal could not be folded into the audit log");
@@ -126,6 +152,15 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the store file and starts its writer thread.
     pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+        Self::open_with(path, keyring, &StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub fn open_with(
+        path: &Path,
+        keyring: Arc<Keyring>,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -157,18 +192,15 @@ impl SqliteStore {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let journal = journal::ReadJournal::open(path, keyring.clone())?;
-        // What earlier processes journaled and folded is not waiting: take the log's mark (and
-        // delete rows a crash left below it).
+        let journal = journal::ReadJournal::open(path, keyring.clone(), options.journal_max_bytes)?;
+        // What earlier processes journaled and folded is not waiting: take the log's mark.
         {
             let marks = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
             configure(&marks, true).map_err(|e| open_err(e.to_string()))?;
             let mark =
                 crate::backend::ReadTx::audit_fold_mark(&mut SqlTx::new(&marks), journal.id())
                     .map_err(|e| open_err(e.to_string()))?;
-            journal
-                .folded_up_to(mark)
-                .map_err(|e| open_err(e.to_string()))?;
+            journal.folded_up_to(mark);
         }
         Ok(SqliteStore {
             path: path.to_owned(),
@@ -548,18 +580,17 @@ impl Store for SqliteStore {
         let _one = lock(&self.fold_lock);
         let mut folded = 0;
         loop {
-            let rows = self.journal.pending(FOLD_BATCH)?;
+            let rows = self.journal.pending(FOLD_BATCH, &|| {
+                crate::backend::ReadTx::audit_fold_mark(&mut *self.reader()?, self.journal.id())
+            })?;
             let Some(more) = rows.last().map(|_| rows.len() == FOLD_BATCH) else {
                 return Ok(folded);
             };
             let (n, mark) =
                 crate::audit_log::fold_journal(self, *self.journal.id(), rows, &self.fold_memo)?;
             folded += n;
-            // The entries are in the log now; their journal rows are only deleted (a failed
-            // deletion is retried by the next fold, which skips them by the mark).
-            if let Err(e) = self.journal.folded_up_to(mark) {
-                tracing::warn!(error = %e, "folded read-journal rows could not be deleted");
-            }
+            // The entries are in the log now: their journal blocks may be reused.
+            self.journal.folded_up_to(mark);
             if !more {
                 return Ok(folded);
             }
