@@ -384,17 +384,17 @@ fn append_throughput(root: &Path, limit: Duration) -> anyhow::Result<(Vec<Figure
             journaled,
             journal_secs,
             journal_err,
-            format!("16 threads each calling Store::journal_audit with one entry (the server's path for reads and refusals); every call returns after the journal's group commit (fsync), while the store's fold thread moves entries into the log every second; folding what was left at the end took {settle_ms:.0} ms"),
+            format!("16 threads each calling Store::journal_audit with one entry (the server's path for reads and refusals); every call returns after the journal's group commit (one durable write), while the store's fold thread moves entries into the log every second; folding what was left at the end took {settle_ms:.0} ms"),
         ),
         cpu_figure(
             "audit_journal_writer_cpu_per_journaled_entry_t16",
             journal_cpu,
-            "CPU (user + system) of the read journal's writer thread during the 16-thread journal run and the final fold, per entry journaled: its group commits (sealing, SQLite, fsync)",
+            "CPU (user + system) of the read journal's writer thread during the 16-thread journal run and the final fold, per entry journaled: its group commits (sealing, the record, its O_DIRECT|O_DSYNC write)",
         ),
         cpu_figure(
             "audit_fold_thread_cpu_per_journaled_entry_t16",
             fold_cpu,
-            "CPU of the store's fold thread over the same span, per entry journaled: taking entries from memory or reading and opening them from the journal file, and deleting folded rows",
+            "CPU of the store's fold thread over the same span, per entry journaled: taking entries from memory or reading and opening them from the journal file",
         ),
         cpu_figure(
             "audit_store_writer_cpu_per_journaled_entry_t16",

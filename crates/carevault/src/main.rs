@@ -64,6 +64,12 @@ pub struct DataArg {
     pub data: PathBuf,
 }
 
+/// mimalloc instead of glibc's allocator: a loaded server allocates and frees on many threads at
+/// once (requests on the workers, audit entries freed by the fold thread), where glibc's arenas
+/// spent 7–15 µs per read (docs/benchmarks.md "session 10").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Every file carevault creates (store, WAL, keys, exports) is private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

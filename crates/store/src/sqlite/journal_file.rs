@@ -428,9 +428,9 @@ impl Writer {
             Some(at) => at,
             None => self.grow(n)?.ok_or_else(|| {
                 StoreError::Backend(format!(
-                    "the audit journal {} is full: its {} MiB hold reads' entries not yet in the audit log",
+                    "the audit journal {} is full: its {} KiB hold reads' entries not yet in the audit log",
                     self.path.display(),
-                    self.max_blocks * BLOCK64 >> 20
+                    (self.max_blocks * BLOCK64) >> 10
                 ))
             })?,
         };
