@@ -41,6 +41,9 @@ const GROUP_MAGIC: &[u8; 4] = b"CVRJ";
 /// Magic, length, first number, count.
 const GROUP_HEADER: usize = 4 + 4 + 8 + 4;
 const CHECK_LEN: usize = 16;
+/// The largest record written or read: far above a group of `MAX_GROUP` entries, and a bound
+/// on what a forged length can make a reader allocate.
+const MAX_RECORD: usize = 64 << 20;
 /// The size a journal is made with, when its limit allows.
 const INITIAL_BYTES: u64 = 16 << 20;
 /// How much is read at once when scanning.
@@ -169,7 +172,8 @@ fn parse(id: &[u8; 16], block: u64, bytes: &[u8]) -> Option<Group> {
     }
     let first = u64::from_le_bytes(body[8..16].try_into().ok()?);
     let count = u32::from_le_bytes(body[16..20].try_into().ok()?) as usize;
-    if first == 0 || count == 0 {
+    // Each entry takes at least its 4-byte length: a larger count is forged.
+    if first == 0 || count == 0 || count > (body.len() - GROUP_HEADER) / 4 {
         return None;
     }
     let mut sealed = Vec::with_capacity(count);
@@ -194,7 +198,9 @@ fn record_len(bytes: &[u8]) -> Option<usize> {
         return None;
     }
     let len = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
-    (len >= GROUP_HEADER + CHECK_LEN).then_some(len)
+    (GROUP_HEADER + CHECK_LEN..=MAX_RECORD)
+        .contains(&len)
+        .then_some(len)
 }
 
 /// Every valid record in the journal at `path`, in file order.
@@ -422,7 +428,14 @@ impl Writer {
         sealed: &[Vec<u8>],
         folded: u64,
     ) -> Result<(), StoreError> {
-        let n = blocks_for(record_len_of(sealed));
+        let len = record_len_of(sealed);
+        if len > MAX_RECORD {
+            return Err(StoreError::Backend(format!(
+                "a group of {} audit entries ({len} bytes) is larger than a journal record may be",
+                sealed.len()
+            )));
+        }
+        let n = blocks_for(len);
         let last = first + sealed.len() as u64 - 1;
         let at = match self.free_at(n, folded) {
             Some(at) => at,
@@ -620,6 +633,30 @@ mod tests {
         let mut firsts: Vec<u64> = scan(&path, &id).unwrap().iter().map(|g| g.first).collect();
         firsts.sort_unstable();
         assert_eq!(firsts, vec![3, 5, 6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_record_with_a_forged_length_or_count_is_not_a_record() {
+        let (_d, path, id) = journal(1 << 20);
+        let (mut w, _) = Writer::open(&path, id, 1 << 20).unwrap();
+        w.write(1, &entries(1, 100), 0).unwrap();
+        w.write(2, &entries(1, 100), 0).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        // Record 1 claims 4 GiB; record 2 claims 4 billion entries (its check then fails too,
+        // but a reader must not allocate for either before finding out).
+        f.write_all_at(&u32::MAX.to_le_bytes(), BLOCK64 + 4)
+            .unwrap();
+        f.write_all_at(&u32::MAX.to_le_bytes(), 2 * BLOCK64 + 16)
+            .unwrap();
+        assert!(scan(&path, &id).unwrap().is_empty());
+        // A reader of the bytes alone, with a valid check over the forged count, refuses it.
+        let mut rec = vec![0u8; BLOCK];
+        encode(&id, 9, &entries(1, 10), &mut rec);
+        rec[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let len = record_len(&rec).unwrap();
+        let c = check(&id, &rec[..len - CHECK_LEN]);
+        rec[len - CHECK_LEN..len].copy_from_slice(&c);
+        assert_eq!(parse(&id, 1, &rec), None);
     }
 
     #[test]
