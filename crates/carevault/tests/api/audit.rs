@@ -757,6 +757,33 @@ async fn proofs_reports_and_the_checkpoint_are_served_and_verifiable() {
 }
 
 #[tokio::test]
+async fn a_damaged_read_journal_stops_the_start_and_verify_and_says_how_to_go_on() {
+    let mut s = Server::start().await;
+    assert_eq!(s.stop(), 0);
+    // One byte of the journal's header changed: its entries can no longer be trusted to be this
+    // journal's, so nothing that would fold them starts, and nothing recreates it silently.
+    let journal = s.data().join("store/carevault.audit-journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&journal, &bytes).unwrap();
+    let (code, _, err) = cli(&s.data(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("audit journal")
+            && err.contains("valid header")
+            && err.contains("move it aside"),
+        "{err}"
+    );
+    let (code, out) = verify(&s.data(), None);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("valid header"), "{out}");
+    // Moved aside, the server starts with a new journal.
+    std::fs::rename(&journal, s.data().join("store/damaged-journal")).unwrap();
+    let (code, out) = verify(&s.data(), None);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
 async fn a_clock_behind_the_last_entry_stops_the_start() {
     let mut s = Server::start().await;
     assert_eq!(s.stop(), 0);

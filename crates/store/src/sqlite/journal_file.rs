@@ -134,7 +134,9 @@ pub(crate) fn read_id(path: &Path) -> Result<[u8; 16], StoreError> {
     id.copy_from_slice(&h[16..32]);
     if &h[..16] != FILE_MAGIC || h[32..32 + CHECK_LEN] != check(&id, &h[..32]) {
         return Err(StoreError::Integrity(format!(
-            "the audit journal {} does not begin with a valid header",
+            "the audit journal {} does not begin with a valid header (altered or damaged); \
+             to start with a new journal, move it aside: reads' entries it held that had not \
+             yet joined the audit log are then lost",
             path.display()
         )));
     }
