@@ -98,10 +98,11 @@ pub(crate) fn create_if_missing(path: &Path, id: [u8; 16], bytes: u64) -> Result
         return Ok(());
     }
     let tmp = PathBuf::from(format!(
-        "{}.new-{}-{}",
+        "{}.new-{}-{:016x}",
         path.display(),
         std::process::id(),
-        hex16(&id)
+        // Half the fresh random id: two processes (or threads) making one at once differ.
+        u64::from_le_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
     ));
     let made = (|| -> std::io::Result<()> {
         let mut f = File::create_new(&tmp)?;
@@ -118,10 +119,6 @@ pub(crate) fn create_if_missing(path: &Path, id: [u8; 16], bytes: u64) -> Result
     })();
     let _ = std::fs::remove_file(&tmp);
     made.map_err(|e| io_err(path, "could not be made", &e))
-}
-
-fn hex16(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The journal's id, from its header.
