@@ -221,8 +221,9 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# carevault settings. Every setting is 
 # A signed checkpoint of the audit log is written this often when the log has grown, and at shutdown.
 # checkpoint_interval_seconds = 60
 # The most disk, in MiB, the read journal may take. It holds the audit entries of reads until they
-# join the log (every second); it grows past its first 16 MiB only while the log falls behind,
-# and reads are refused with 503 when it is full.
+# join the log (every second); it grows past its first 16 MiB only while the log falls behind
+# (and is cut back when the server next starts with everything folded), and reads are refused
+# with 503 when it is full.
 # journal_max_mib = 1024
 
 [siem]

@@ -337,6 +337,68 @@ fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_writ
 }
 
 #[test]
+fn a_grown_journal_is_cut_back_when_its_writer_starts_once_everything_in_it_is_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let file = journal_path(&path);
+    let len = || std::fs::metadata(&file).unwrap().len();
+    let texts = |store: &SqliteStore| -> Vec<String> {
+        assert_log_is_sound(store)
+            .into_iter()
+            .map(|t| String::from_utf8(t).unwrap())
+            .collect()
+    };
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    journal(&store, "r0").unwrap();
+    drop(store);
+    let first = len();
+
+    // The log refuses entries: what is journaled now stays unfolded.
+    let admin = rusqlite::Connection::open(&path).unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    journal(&store, "r1").unwrap();
+    drop(store);
+    // As growing leaves it: twice as long, the new half zeros (no records).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(first * 2)
+        .unwrap();
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    assert_eq!(
+        len(),
+        first * 2,
+        "opening does not cut: only the writer does"
+    );
+    journal(&store, "r2").unwrap();
+    assert_eq!(len(), first * 2, "unfolded entries were in the file");
+    assert_eq!(waiting(&store, &path), 2);
+    admin.execute_batch("DROP TRIGGER refuse;").unwrap();
+    assert_eq!(store.settle_audit().unwrap(), 2);
+    drop(store);
+
+    // Everything is in the log now: the next writer cuts the file back, and goes on in it.
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    assert_eq!(len(), first * 2);
+    journal(&store, "r3").unwrap();
+    assert_eq!(len(), first, "cut back to its first size");
+    assert_eq!(store.settle_audit().unwrap(), 1);
+    assert_eq!(texts(&store), vec!["r0", "r1", "r2", "r3"]);
+    drop(store);
+    let store = SqliteStore::open(&path, keyring()).unwrap();
+    journal(&store, "r4").unwrap();
+    assert_eq!(store.settle_audit().unwrap(), 1);
+    assert_eq!(texts(&store), vec!["r0", "r1", "r2", "r3", "r4"]);
+}
+
+#[test]
 fn closing_the_store_folds_what_was_journaled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");

@@ -236,8 +236,20 @@ impl Inner {
     /// process writing the same journal is refused rather than interleaved.
     fn writer<'a>(&self, state: &'a mut FileState) -> Result<&'a mut Writer, StoreError> {
         if let FileState::Idle = state {
-            let (writer, last) = Writer::open(&self.path, self.id, self.max_bytes)?;
+            let (mut writer, last) = Writer::open(&self.path, self.id, self.max_bytes)?;
             self.durable.fetch_max(last, Ordering::AcqRel);
+            // A journal grown while the log fell behind goes back to its first size once all
+            // it holds is in the log (the store folded it when it opened).
+            let folded = self.folded.load(Ordering::Acquire);
+            match writer.shrink_if_folded(folded, journal_file::initial_bytes(self.max_bytes)) {
+                Ok(true) => tracing::info!(
+                    path = %self.path.display(),
+                    "the audit journal was cut back to its first size: every entry it held is in the audit log"
+                ),
+                Ok(false) => {}
+                // Not fatal: the journal keeps its size and goes on.
+                Err(e) => tracing::warn!(error = %e, "the audit journal could not be cut back"),
+            }
             *state = FileState::Open(writer);
         }
         match state {
@@ -508,7 +520,10 @@ impl ReadJournal {
     ) -> Result<(Run, Option<(u64, u64)>), StoreError> {
         let mut before = None;
         loop {
-            let after = mark()?.max(self.inner.folded.load(Ordering::Acquire));
+            let stored = mark()?;
+            // What the log holds is folded, whoever folded it.
+            self.folded_up_to(stored);
+            let after = stored.max(self.inner.folded.load(Ordering::Acquire));
             let groups = journal_file::scan(&self.inner.path, &self.inner.id)?;
             let (run, missing) = run_after(groups, after, limit);
             if missing.is_none() || missing == before {

@@ -207,7 +207,7 @@ pub(crate) fn scan(path: &Path, id: &[u8; 16]) -> Result<Vec<Group>, StoreError>
     let read_err = |e: std::io::Error| io_err(path, "could not be read", &e);
     let file = File::open(path).map_err(|e| io_err(path, "could not be opened", &e))?;
     let size = file.metadata().map_err(read_err)?.len();
-    let blocks = size / BLOCK64;
+    let mut blocks = size / BLOCK64;
     let mut groups = Vec::new();
     let mut chunk = vec![0u8; SCAN_CHUNK];
     // The chunk holds blocks `at .. at + held`.
@@ -218,8 +218,17 @@ pub(crate) fn scan(path: &Path, id: &[u8; 16]) -> Result<Vec<Group>, StoreError>
             at = b;
             held = (blocks - b).min((SCAN_CHUNK / BLOCK) as u64);
             let n = (held * BLOCK64) as usize;
-            file.read_exact_at(&mut chunk[..n], at * BLOCK64)
-                .map_err(read_err)?;
+            match file.read_exact_at(&mut chunk[..n], at * BLOCK64) {
+                Ok(()) => {}
+                // The writer cut the file meanwhile (only folded records go): read on up to
+                // its new length.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    blocks = file.metadata().map_err(read_err)?.len() / BLOCK64;
+                    held = 0;
+                    continue;
+                }
+                Err(e) => return Err(read_err(e)),
+            }
         }
         let offset = ((b - at) * BLOCK64) as usize;
         let here = &chunk[offset..(held * BLOCK64) as usize];
@@ -232,9 +241,12 @@ pub(crate) fn scan(path: &Path, id: &[u8; 16]) -> Result<Vec<Group>, StoreError>
         } else if blocks_for(len) <= blocks - b {
             // A record running past the chunk is read on its own.
             let mut rec = vec![0u8; len];
-            file.read_exact_at(&mut rec, b * BLOCK64)
-                .map_err(read_err)?;
-            parse(id, b, &rec)
+            match file.read_exact_at(&mut rec, b * BLOCK64) {
+                Ok(()) => parse(id, b, &rec),
+                // Cut meanwhile: what was there was folded.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => None,
+                Err(e) => return Err(read_err(e)),
+            }
         } else {
             None
         };
@@ -408,6 +420,31 @@ impl Writer {
         self.owner.resize(want as usize, 0);
         self.blocks = want;
         Ok(Some(at))
+    }
+
+    /// Gives back what growing took once it is no longer needed: when the file is longer than
+    /// `bytes` and every record in it is folded (its last number at or below `folded`), cuts
+    /// it to `bytes`, durably, and starts placing again at block 1. Returns whether it did.
+    ///
+    /// A journal grows only while the log falls behind (an outage of the log, a burst); without
+    /// this it would keep its largest size, on disk and in every scan, for good. Only the
+    /// writer cuts, holding the file's lock, and only blocks of folded records go, so a reader
+    /// scanning meanwhile loses nothing it needs ([`scan`] reads up to the length it finds).
+    pub(crate) fn shrink_if_folded(&mut self, folded: u64, bytes: u64) -> Result<bool, StoreError> {
+        let keep = (bytes / BLOCK64).max(2);
+        if self.blocks <= keep || self.owner.iter().any(|&o| o > folded) {
+            return Ok(false);
+        }
+        self.file
+            .set_len(keep * BLOCK64)
+            .map_err(|e| io_err(&self.path, "could not be shortened", &e))?;
+        self.owner.truncate(keep as usize);
+        self.blocks = keep;
+        self.head = 1;
+        self.file
+            .sync_all()
+            .map_err(|e| io_err(&self.path, "could not be synced after shortening", &e))?;
+        Ok(true)
     }
 
     /// A plain handle for growing: direct I/O needs aligned buffers the zero fill has no use for.
@@ -632,6 +669,45 @@ mod tests {
         let mut firsts: Vec<u64> = scan(&path, &id).unwrap().iter().map(|g| g.first).collect();
         firsts.sort_unstable();
         assert_eq!(firsts, vec![3, 5, 6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_grown_file_is_cut_back_only_when_every_record_in_it_is_folded() {
+        // Two blocks to start with (the header and one record), eight at most.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let id = [5u8; 16];
+        create_if_missing(&path, id, 2 * BLOCK64).unwrap();
+        let len = || std::fs::metadata(&path).unwrap().len();
+        let (mut w, _) = Writer::open(&path, id, 8 * BLOCK64).unwrap();
+        for first in 1..=3 {
+            w.write(first, &entries(1, 100), 0).unwrap();
+        }
+        assert_eq!(len(), 4 * BLOCK64, "grown to twice its first size");
+        assert!(
+            !w.shrink_if_folded(2, 2 * BLOCK64).unwrap(),
+            "3 is not folded"
+        );
+        assert_eq!(len(), 4 * BLOCK64);
+        assert!(w.shrink_if_folded(3, 2 * BLOCK64).unwrap());
+        assert_eq!(len(), 2 * BLOCK64);
+        assert!(
+            !w.shrink_if_folded(3, 2 * BLOCK64).unwrap(),
+            "already at that size"
+        );
+        // It goes on at block 1 and grows again when it must.
+        w.write(4, &entries(1, 100), 3).unwrap();
+        w.write(5, &entries(1, 100), 3).unwrap();
+        assert_eq!(len(), 4 * BLOCK64);
+        let found: Vec<(u64, u64)> = scan(&path, &id)
+            .unwrap()
+            .iter()
+            .map(|g| (g.block, g.first))
+            .collect();
+        assert_eq!(found, vec![(1, 4), (2, 5)]);
+        drop(w);
+        let (_, last) = Writer::open(&path, id, 8 * BLOCK64).unwrap();
+        assert_eq!(last, 5);
     }
 
     #[test]
