@@ -273,6 +273,19 @@ fn a_journal_entry_removed_or_altered_before_its_fold_is_named_and_nothing_is_fo
     assert_eq!(other.settle_audit().unwrap(), 0);
 }
 
+/// Makes the log at `store_path` refuse every new entry, as a full disk would (a trigger named
+/// `refuse`); returns the connection that made it, to drop the trigger with.
+fn refuse_log_inserts(store_path: &Path) -> rusqlite::Connection {
+    let admin = rusqlite::Connection::open(store_path).unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    admin
+}
+
 #[test]
 fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_written_keeps_the_entries()
  {
@@ -286,13 +299,7 @@ fn a_journal_that_cannot_be_written_fails_the_read_and_a_log_that_cannot_be_writ
     journal(&store, "ok-0").unwrap();
     // The log refuses its entries, as a full disk would: folds fail whole, the entries wait in
     // the journal, and the journal fills.
-    let admin = rusqlite::Connection::open(&path).unwrap();
-    admin
-        .execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log \
-             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
-        )
-        .unwrap();
+    let admin = refuse_log_inserts(&path);
     assert!(store.settle_audit().is_err());
     assert_eq!(
         assert_log_is_sound(&store).len(),
@@ -354,13 +361,7 @@ fn a_grown_journal_is_cut_back_when_its_writer_starts_once_everything_in_it_is_f
     let first = len();
 
     // The log refuses entries: what is journaled now stays unfolded.
-    let admin = rusqlite::Connection::open(&path).unwrap();
-    admin
-        .execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON audit_log \
-             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
-        )
-        .unwrap();
+    let admin = refuse_log_inserts(&path);
     let store = SqliteStore::open(&path, keyring()).unwrap();
     journal(&store, "r1").unwrap();
     drop(store);
