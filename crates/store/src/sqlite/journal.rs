@@ -520,10 +520,9 @@ impl ReadJournal {
     ) -> Result<(Run, Option<(u64, u64)>), StoreError> {
         let mut before = None;
         loop {
-            let stored = mark()?;
             // What the log holds is folded, whoever folded it.
-            self.folded_up_to(stored);
-            let after = stored.max(self.inner.folded.load(Ordering::Acquire));
+            self.folded_up_to(mark()?);
+            let after = self.inner.folded.load(Ordering::Acquire);
             let groups = journal_file::scan(&self.inner.path, &self.inner.id)?;
             let (run, missing) = run_after(groups, after, limit);
             if missing.is_none() || missing == before {

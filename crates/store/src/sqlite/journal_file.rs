@@ -20,7 +20,8 @@
 //! written, or the tail of a record since overwritten — is not a record, and scanning resumes
 //! at the next block. Records are placed as in a ring: the writer reuses blocks whose record
 //! is folded (its last number at or below the fold mark) and grows the file when none are
-//! free, so the physical order says nothing; readers order what they find by number. A
+//! free (a new writer cuts it back once everything in it is folded), so the physical order
+//! says nothing; readers order what they find by number. A
 //! missing number below a number found is therefore a removed record (or a torn one followed
 //! by later commits, which the writer never makes: it only writes after a completed write).
 
