@@ -343,22 +343,9 @@ impl Keyring {
 
     /// Opens a value sealed by [`Keyring::seal`] for the same `record`.
     pub fn open(&self, record: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let fail = |reason| CryptoError::Integrity {
-            record: String::from_utf8_lossy(record).into_owned(),
-            reason,
-        };
-        let key_id = sealed_key_id(sealed).ok_or_else(|| fail("malformed ciphertext"))?;
-        if key_id & PATIENT_KEY_FLAG != 0 {
-            return Err(fail(
-                "sealed under a patient key, which the store must supply",
-            ));
-        }
-        let mut keys = self.keys();
-        if keys.key(key_id).is_none() && self.reload_unless(|k| k.key(key_id).is_some()) {
-            keys = self.keys();
-        }
-        let key = keys.key(key_id).ok_or_else(|| fail("unknown data key"))?;
-        open_under(key, record, sealed)
+        let mut body = Vec::with_capacity(sealed.len().saturating_sub(HEADER_LEN));
+        self.open_into(record, sealed, &mut body)?;
+        Ok(body)
     }
 
     /// Opens like [`Keyring::open`], but into `out` (cleared first) instead of a new vector, so
